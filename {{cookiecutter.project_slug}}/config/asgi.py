@@ -1,0 +1,18 @@
+"""ASGI entry point: ``daphne config.asgi:application``.
+
+The event stream URL goes to a handler that holds no thread while it streams (see
+``{{ cookiecutter.project_slug }}.events.asgi``); every other request goes to Django as usual.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+# Django must be set up before anything imports models.
+django_application = get_asgi_application()
+
+from {{ cookiecutter.project_slug }}.events.asgi import EventStreamRouter  # noqa: E402
+
+application = EventStreamRouter(django_application)

@@ -1,0 +1,51 @@
+"""The ASGI entry point of the event stream: Django's own handler, minus the per-request thread.
+
+Django runs each request inside an asgiref ``ThreadSensitiveContext``, which gives the request a
+thread of its own for sync code (stock middleware, DRF views). That thread lives as long as the
+response; for a stream, as long as the client stays connected: one idle thread per client.
+
+``EventStreamHandler`` is Django's ``ASGIHandler`` without that context. The stream request still
+runs the whole middleware stack and the DRF view (authentication, permissions, negotiation), on
+asgiref's single shared thread, for the few milliseconds its setup takes; then the response
+streams from the event loop and holds no thread at all.
+"""
+
+from typing import Any
+
+from django.core.handlers.asgi import ASGIHandler
+from django.urls import reverse
+
+from .backpressure import Send, guard_slow_client
+from .conf import event_settings
+
+ASGIApp = Any  # an ASGI 3 callable: (scope, receive, send) -> awaitable
+
+
+class EventStreamHandler(ASGIHandler):
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"The event stream serves HTTP only, not {scope['type']!r}.")
+        max_unsent = event_settings().client_max_backlog_bytes
+        await self.handle(scope, receive, guard_slow_client(send, max_unsent))
+
+
+class EventStreamRouter:
+    """Routes the stream URL to ``EventStreamHandler`` and everything else to ``application``."""
+
+    def __init__(self, application: ASGIApp) -> None:
+        self._application = application
+        self._stream_handler = EventStreamHandler()
+        self._stream_path: str | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.stream_path:
+            await self._stream_handler(scope, receive, send)
+        else:
+            await self._application(scope, receive, send)
+
+    @property
+    def stream_path(self) -> str:
+        # Resolved on first use: the URLconf is the single source of truth for the path.
+        if self._stream_path is None:
+            self._stream_path = reverse("events:stream")
+        return self._stream_path

@@ -1,0 +1,54 @@
+"""What a broker does: store events with ids in a bounded history and carry them to every process.
+
+Two implementations: ``RedisBroker`` (any number of processes and hosts) and ``InMemoryBroker``
+(one process; the embedded default when ``REDIS_URL`` is unset).
+"""
+
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+from ..event import Draft, Event
+
+
+class FeedSink(Protocol):
+    """Receives what a feed reads (implemented by the per-process hub)."""
+
+    def deliver(self, event: Event) -> None: ...
+
+    def lost_events(self) -> None:
+        """Events may have been missed and history cannot bridge the gap: clients must reset."""
+
+
+class Feed(ABC):
+    """A process's single live subscription to the broker, shared by all of its clients."""
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving ``channel``; returns once no event published later can be missed."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class Broker(ABC):
+    @abstractmethod
+    def publish(self, draft: Draft) -> Event:
+        """Store and deliver an event; returns it with its id. Raises BrokerUnavailable."""
+
+    @abstractmethod
+    async def apublish(self, draft: Draft) -> Event: ...
+
+    @abstractmethod
+    async def events_after(self, event_id: str) -> list[Event] | None:
+        """Every stored event after ``event_id`` in order, or None if ``event_id`` is not in history
+        (trimmed away or never issued), in which case the caller cannot be brought up to date."""
+
+    @abstractmethod
+    def open_feed(self, sink: FeedSink) -> Feed: ...
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise BrokerUnavailable unless the broker can be used right now."""

@@ -1,0 +1,87 @@
+"""A broker inside one process: for development, tests and the demo, with Redis's semantics.
+
+Ids, bounded history, channels and replay behave as with Redis, but events never leave the process,
+so it is only right for a single server process (``runserver`` or one Daphne).
+"""
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+from ..event import Draft, Event, parse_event_id
+from .base import Broker, Feed, FeedSink
+
+
+class InMemoryBroker(Broker):
+    def __init__(self, history_length: int) -> None:
+        self._history: deque[Event] = deque(maxlen=max(history_length, 1))
+        # publish() may run in a worker thread (sync views) while feeds live on the event loop.
+        self._lock = threading.Lock()
+        self._last_id = (0, 0)
+        self._feeds: set[_MemoryFeed] = set()
+
+    def publish(self, draft: Draft) -> Event:
+        with self._lock:
+            event = draft.with_id(self._next_id())
+            self._history.append(event)
+            # Scheduled under the lock, so feeds see events in id order whatever thread publishes.
+            for feed in self._feeds:
+                feed.deliver_threadsafe(event)
+        return event
+
+    async def apublish(self, draft: Draft) -> Event:
+        return self.publish(draft)
+
+    async def events_after(self, event_id: str) -> list[Event] | None:
+        after = parse_event_id(event_id)
+        with self._lock:
+            history = list(self._history)
+        for index, event in enumerate(history):
+            if event.sort_key == after:
+                return history[index + 1 :]
+        return None
+
+    def open_feed(self, sink: FeedSink) -> Feed:
+        feed = _MemoryFeed(self, sink, asyncio.get_running_loop())
+        with self._lock:
+            self._feeds.add(feed)
+        return feed
+
+    def check(self) -> None:
+        """Always usable: it lives in this process."""
+
+    def _next_id(self) -> str:
+        now = (int(time.time() * 1000), 0)
+        self._last_id = now if now > self._last_id else (self._last_id[0], self._last_id[1] + 1)
+        return f"{self._last_id[0]}-{self._last_id[1]}"
+
+    def _forget(self, feed: "_MemoryFeed") -> None:
+        with self._lock:
+            self._feeds.discard(feed)
+
+
+class _MemoryFeed(Feed):
+    def __init__(self, broker: InMemoryBroker, sink: FeedSink, loop: asyncio.AbstractEventLoop):
+        self._broker = broker
+        self._sink = sink
+        self._loop = loop
+        self.channels: set[str] = set()
+
+    def deliver_threadsafe(self, event: Event) -> None:
+        self._loop.call_soon_threadsafe(self._deliver_if_subscribed, event)
+
+    def _deliver_if_subscribed(self, event: Event) -> None:
+        if event.channel in self.channels:
+            self._sink.deliver(event)
+
+    async def subscribe(self, channel: str) -> None:
+        with self._broker._lock:
+            self.channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        with self._broker._lock:
+            self.channels.discard(channel)
+
+    async def aclose(self) -> None:
+        self._broker._forget(self)

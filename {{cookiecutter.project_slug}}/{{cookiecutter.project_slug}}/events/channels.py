@@ -1,0 +1,55 @@
+"""Where an event goes: one user, one topic, or everyone.
+
+A channel is a short string: ``broadcast``, ``user.<pk>`` or ``topic.<name>``. The same names are
+used for Redis Pub/Sub channels (behind a prefix) and for routing inside a process.
+"""
+
+import re
+
+from .exceptions import InvalidEvent
+
+BROADCAST = "broadcast"
+_USER_PREFIX = "user."
+_TOPIC_PREFIX = "topic."
+
+# Topic names travel in URLs, Redis channel names and logs: keep them to a safe, short alphabet.
+TOPIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def user_channel(user_pk: object) -> str:
+    return f"{_USER_PREFIX}{user_pk}"
+
+
+def topic_channel(topic: str) -> str:
+    validate_topic(topic)
+    return f"{_TOPIC_PREFIX}{topic}"
+
+
+def validate_topic(topic: str) -> str:
+    if not isinstance(topic, str) or not TOPIC_NAME.fullmatch(topic):
+        raise InvalidEvent(
+            f"Invalid topic {topic!r}: use 1-64 letters, digits, '_', '.', ':' or '-', "
+            "starting with a letter or digit."
+        )
+    return topic
+
+
+def channel_for(*, user: object = None, topic: str | None = None) -> str:
+    """The channel of an event addressed to ``user``, to ``topic``, or (neither) to everyone."""
+    if user is not None and topic is not None:
+        raise InvalidEvent("An event goes to one user or one topic, not both.")
+    if user is not None:
+        return user_channel(user)
+    if topic is not None:
+        return topic_channel(topic)
+    return BROADCAST
+
+
+def is_valid_channel(channel: str) -> bool:
+    if channel == BROADCAST:
+        return True
+    if channel.startswith(_USER_PREFIX):
+        return 0 < len(channel) - len(_USER_PREFIX) <= 64 and channel.isprintable()
+    if channel.startswith(_TOPIC_PREFIX):
+        return TOPIC_NAME.fullmatch(channel[len(_TOPIC_PREFIX) :]) is not None
+    return False

@@ -1,0 +1,43 @@
+"""The event stream's settings, read from Django settings (which read them from the environment)."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True, slots=True)
+class EventSettings:
+    redis_url: str
+    redis_prefix: str
+    history_length: int
+    heartbeat_seconds: float
+    retry_milliseconds: int
+    max_payload_bytes: int
+    max_topics_per_stream: int
+    client_queue_size: int
+    client_max_backlog_bytes: int
+    stream_max_seconds: float
+    cors_allowed_origins: tuple[str, ...]
+    topic_authorizer: str
+
+
+def event_settings() -> EventSettings:
+    """Read on each call (cheap), so that tests can override settings."""
+    return EventSettings(
+        redis_url=getattr(settings, "REDIS_URL", ""),
+        redis_prefix=getattr(settings, "EVENTS_REDIS_PREFIX", "events"),
+        history_length=getattr(settings, "EVENTS_HISTORY_LENGTH", 10_000),
+        heartbeat_seconds=getattr(settings, "EVENTS_HEARTBEAT_SECONDS", 15.0),
+        retry_milliseconds=getattr(settings, "EVENTS_RETRY_MILLISECONDS", 3_000),
+        max_payload_bytes=getattr(settings, "EVENTS_MAX_PAYLOAD_BYTES", 64 * 1024),
+        max_topics_per_stream=getattr(settings, "EVENTS_MAX_TOPICS_PER_STREAM", 16),
+        client_queue_size=getattr(settings, "EVENTS_CLIENT_QUEUE_SIZE", 1_000),
+        client_max_backlog_bytes=getattr(settings, "EVENTS_CLIENT_MAX_BACKLOG_BYTES", 1024 * 1024),
+        stream_max_seconds=getattr(settings, "EVENTS_STREAM_MAX_SECONDS", 3_600.0),
+        cors_allowed_origins=tuple(getattr(settings, "EVENTS_CORS_ALLOWED_ORIGINS", ())),
+        topic_authorizer=getattr(
+            settings,
+            "EVENTS_TOPIC_AUTHORIZER",
+            f"{__package__}.authorization.default_topic_authorizer",
+        ),
+    )

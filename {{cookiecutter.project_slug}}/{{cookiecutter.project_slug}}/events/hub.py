@@ -1,0 +1,141 @@
+"""The per-process fan-out hub: one broker feed shared by every client of this process.
+
+Each connected client is a ``Subscriber`` with a bounded buffer. The hub keeps, per channel, the
+set of subscribers that want it, so routing one event costs O(recipients), and it subscribes the
+feed to a channel when the first subscriber needs it and unsubscribes when the last one leaves.
+Events arrive already parsed and encoded; all recipients share the same bytes.
+"""
+
+import asyncio
+import weakref
+from collections import deque
+from collections.abc import Iterable
+
+from .broker import get_broker
+from .broker.base import Broker, Feed
+from .event import Event
+
+
+class Reset:
+    """Marks the place in a subscriber's buffer where events were lost (see ``lost_events``)."""
+
+
+RESET = Reset()
+
+
+class Subscriber:
+    """One client's view of the hub: the channels it reads and the events waiting for it."""
+
+    __slots__ = ("_capacity", "_pending", "_wakeup", "channels", "overflowed")
+
+    def __init__(self, channels: frozenset[str], capacity: int) -> None:
+        self.channels = channels
+        self.overflowed = False
+        self._capacity = capacity
+        self._pending: deque[Event | Reset] = deque()
+        self._wakeup = asyncio.Event()
+
+    def offer(self, item: Event | Reset) -> None:
+        if self.overflowed:
+            return
+        if len(self._pending) >= self._capacity:
+            # The client is not keeping up; it will be disconnected and resume by id.
+            self.overflowed = True
+            self._pending.clear()
+        else:
+            self._pending.append(item)
+        self._wakeup.set()
+
+    async def next_batch(self, timeout: float) -> list[Event | Reset] | None:
+        """Everything waiting, or None if nothing arrived within ``timeout`` seconds."""
+        if not self._pending and not self.overflowed:
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return None
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+
+class Hub:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._feed: Feed = broker.open_feed(self)
+        self._subscribers: dict[str, set[Subscriber]] = {}
+        # A channel's first subscriber subscribes the feed; later ones wait for the same future.
+        self._ready: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def subscriber_count(self) -> int:
+        return len({s for subscribers in self._subscribers.values() for s in subscribers})
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._subscribers)
+
+    async def join(self, channels: Iterable[str], capacity: int) -> Subscriber:
+        """Register a subscriber; returns once every event published afterwards will reach it."""
+        subscriber = Subscriber(frozenset(channels), capacity)
+        try:
+            for channel in subscriber.channels:
+                await self._add(channel, subscriber)
+        except BaseException:
+            await self.leave(subscriber)
+            raise
+        return subscriber
+
+    async def leave(self, subscriber: Subscriber) -> None:
+        for channel in subscriber.channels:
+            subscribers = self._subscribers.get(channel)
+            if subscribers is None or subscriber not in subscribers:
+                continue
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._subscribers[channel]
+                self._ready.pop(channel, None)
+                await self._feed.unsubscribe(channel)
+
+    async def _add(self, channel: str, subscriber: Subscriber) -> None:
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.add(subscriber)
+            await asyncio.shield(self._ready[channel])
+            return
+        self._subscribers[channel] = {subscriber}
+        ready = self._ready[channel] = asyncio.ensure_future(self._feed.subscribe(channel))
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            if self._ready.get(channel) is ready and ready.done():
+                # Failed for every subscriber waiting on it: let the next one try again.
+                self._ready.pop(channel, None)
+                self._subscribers.pop(channel, None)
+            raise
+
+    # FeedSink: called by the broker's feed, on the event loop.
+    def deliver(self, event: Event) -> None:
+        for subscriber in self._subscribers.get(event.channel, ()):
+            subscriber.offer(event)
+
+    def lost_events(self) -> None:
+        for subscriber in {s for subscribers in self._subscribers.values() for s in subscribers}:
+            subscriber.offer(RESET)
+
+    async def aclose(self) -> None:
+        await self._feed.aclose()
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop (one per server process), for the configured broker."""
+    loop = asyncio.get_running_loop()
+    broker = get_broker()
+    hub = _hubs.get(loop)
+    if hub is None or hub.broker is not broker:
+        hub = _hubs[loop] = Hub(broker)
+    return hub
