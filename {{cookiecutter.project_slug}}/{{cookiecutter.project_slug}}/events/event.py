@@ -26,7 +26,7 @@ EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def parse_event_id(event_id: str) -> tuple[int, int]:
-    """The sortable form of an id; raises InvalidEventId for anything this project never hands out."""
+    """The sortable form of an id; raises InvalidEventId for an id this project never hands out."""
     if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
         raise InvalidEventId(
             f"Invalid event id {event_id!r}: expected '<milliseconds>-<sequence>', "

@@ -1,7 +1,7 @@
 from django.db import models
 
 
-class EventPublishing(models.Model):
+class EventPublishing(models.Model):  # noqa: DJ008 (never instantiated)
     """Has no table: it only holds the "Can publish events" permission for the admin to grant."""
 
     class Meta:

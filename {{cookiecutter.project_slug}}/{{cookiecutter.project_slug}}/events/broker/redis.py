@@ -10,6 +10,7 @@ it missed from the stream; if that is gone too, it tells its clients to reset.
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import weakref
@@ -151,6 +152,10 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 
 
+def _not_published(error: redis.RedisError) -> BrokerUnavailable:
+    return BrokerUnavailable(f"Event not published: Redis is unavailable ({error}).")
+
+
 class _RedisFeed(Feed):
     def __init__(self, broker: RedisBroker, sink: FeedSink, *, max_payload_bytes: int) -> None:
         self._broker = broker
@@ -174,10 +179,9 @@ class _RedisFeed(Feed):
                 await self._connected.wait()
                 if channel not in self._channels:
                     return  # its only subscriber left while Redis was unreachable
-                try:
+                # On failure the reader reconnects and subscribes every wanted channel again.
+                with contextlib.suppress(redis.RedisError):
                     await self._pubsub.subscribe(self._broker.pubsub_channel(channel))
-                except redis.RedisError:
-                    pass  # the reader reconnects and subscribes every wanted channel again
                 await confirmed
         except TimeoutError:
             self._channels.discard(channel)
@@ -189,10 +193,9 @@ class _RedisFeed(Feed):
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
         if self._pubsub is not None and self._connected.is_set():
-            try:
+            # On failure, the next connection subscribes only to the channels still wanted.
+            with contextlib.suppress(redis.RedisError):
                 await self._pubsub.unsubscribe(self._broker.pubsub_channel(channel))
-            except redis.RedisError:
-                pass  # a new connection subscribes only to the channels still wanted
 
     async def aclose(self) -> None:
         self._reader.cancel()

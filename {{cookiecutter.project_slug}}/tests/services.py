@@ -1,0 +1,244 @@
+"""Real services for the tests: redis-server and Daphne processes on free loopback ports.
+
+Every process is started with a deadline and stopped by its fixture. Under ``CI=true`` a missing
+program fails the test instead of skipping it.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# No server a test starts may outlive this, even if the test run is killed.
+SERVER_LIFETIME_SECONDS = 600
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (on Debian: apt-get install {name})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        redis_server = require_program("redis-server")
+        # No persistence: a restart loses history, like a cache-only Redis in production.
+        self.process = subprocess.Popen(
+            [
+                "timeout",
+                str(SERVER_LIFETIME_SECONDS),
+                redis_server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    def command(self, *args: str) -> str:
+        redis_cli = require_program("redis-cli")
+        result = subprocess.run(
+            [redis_cli, "-p", str(self.port), *args], capture_output=True, check=True, timeout=10
+        )
+        return result.stdout.decode(errors="replace").strip()
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class LiveProject:
+    """A migrated SQLite database with users and tokens, shared by the servers of a test module."""
+
+    env: dict[str, str]
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def manage(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=PROJECT_DIR,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+_CREATE_USERS = """
+import json
+from django.contrib.auth.models import Permission, User
+from rest_framework.authtoken.models import Token
+publish = Permission.objects.get(codename="publish_event")
+tokens = {}
+for name, staff in [("alice", False), ("bob", False), ("staff", True)]:
+    user = User.objects.create_user(name, password="password", is_staff=staff)
+    if staff:
+        user.user_permissions.add(publish)
+    tokens[name] = Token.objects.create(user=user).key
+    tokens[name + "_pk"] = str(user.pk)
+print(json.dumps(tokens))
+"""
+
+
+def prepare_project(directory: Path) -> LiveProject:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DEBUG": "false",
+        "SECRET_KEY": "test-" + "x" * 60,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "false",
+        "DATABASE_URL": f"sqlite:///{directory / 'live.sqlite3'}",
+        "REDIS_URL": "",
+    }
+    project = LiveProject(env)
+    for args in (("migrate", "--noinput"), ("shell", "-c", _CREATE_USERS)):
+        result = project.manage(*args)
+        if result.returncode != 0:
+            raise RuntimeError(f"manage.py {args[0]} failed:\n{result.stderr}")
+    project.tokens = json.loads(result.stdout.strip().splitlines()[-1])
+    return project
+
+
+@dataclass
+class Daphne:
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Daphne":
+        daphne = [sys.executable, "-m", "daphne"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    "timeout",
+                    str(SERVER_LIFETIME_SECONDS),
+                    *daphne,
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "config.asgi:application",
+                ],
+                cwd=PROJECT_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    @property
+    def pid(self) -> int:
+        # `timeout` runs Daphne as its only child.
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return int(children.split()[0])
+
+    def status(self, field_name: str) -> int:
+        """A number from /proc/<pid>/status, e.g. "Threads" or "VmRSS" (kB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        raise KeyError(field_name)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def daphne_server(project: LiveProject, directory: Path, **settings: str) -> Iterator[Daphne]:
+    """A Daphne process; keyword arguments are environment variables (settings) for it."""
+    port = free_port()
+    server = Daphne(port, {**project.env, **settings}, directory / f"daphne-{port}.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def api(server: Daphne, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=10
+    )

@@ -1,0 +1,90 @@
+"""A small Server-Sent Events client for the tests, parsing the stream as a browser does."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Message:
+    """An event as EventSource dispatches it, or a comment line (``comment`` set)."""
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+    comment: str | None = None
+
+
+@dataclass
+class EventStream:
+    response: httpx.Response
+    last_event_id: str | None = None
+    _lines: Iterator[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lines = self.response.iter_lines()
+
+    def __iter__(self) -> Iterator[Message]:
+        """Events and comments in order, until the server ends the stream."""
+        event, data, retry = Message(), [], None
+        for line in self._lines:
+            if not line:
+                if data:
+                    event.data = "\n".join(data)
+                    event.id = self.last_event_id
+                    yield event
+                elif retry is not None:
+                    yield Message(event="", retry=retry)
+                event, data, retry = Message(), [], None
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if not name:
+                yield Message(event="", comment=value)
+            elif name == "data":
+                data.append(value)
+            elif name == "event":
+                event.event = value
+            elif name == "id" and "\0" not in value:
+                self.last_event_id = value
+            elif name == "retry" and value.isdigit():
+                retry = int(value)
+
+    def events(self) -> Iterator[Message]:
+        """Dispatched events only, as ``onmessage``/``addEventListener`` would see them."""
+        return (message for message in self if message.comment is None and message.retry is None)
+
+    def take(self, count: int) -> list[Message]:
+        received = []
+        for message in self.events():
+            received.append(message)
+            if len(received) == count:
+                break
+        return received
+
+
+@contextmanager
+def open_stream(
+    client: httpx.Client,
+    *,
+    topics: tuple[str, ...] = (),
+    last_event_id: str | None = None,
+    read_timeout: float = 10.0,
+) -> Iterator[EventStream]:
+    """Open the stream; any read fails after ``read_timeout`` seconds of silence."""
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    with client.stream(
+        "GET",
+        "/api/events/stream/",
+        params=[("topic", topic) for topic in topics],
+        headers=headers,
+        timeout=httpx.Timeout(10.0, read=read_timeout),
+    ) as response:
+        assert response.status_code == 200, (response.status_code, response.read())
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield EventStream(response)
