@@ -1,0 +1,106 @@
+"""The demo page in a real browser: events arrive live, and none is lost across a server restart.
+
+Runs Debian's Chromium (``apt-get install chromium``) through Playwright; Playwright's own browser
+downloads are not needed.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from .services import LiveProject, RedisServer, api, daphne_server, require_program
+
+pytestmark = pytest.mark.timeout(60)
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# What Playwright waits for the page to show before it fails the test.
+EXPECT_TIMEOUT_MS = 10_000
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    executable = require_program("chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in(page: Page, base_url: str, username: str, password: str) -> None:
+    """Open the demo page and log in through the form it redirects to."""
+    page.goto(f"{base_url}/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{base_url}/")
+
+
+def publish_while_down(project: LiveProject, redis: RedisServer, prefix: str, *args: str) -> str:
+    """Publish with the management command: straight to Redis, no web server needed."""
+    result = project.manage("publish_event", *args, REDIS_URL=redis.url, EVENTS_REDIS_PREFIX=prefix)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_demo_page_shows_events_live_and_those_published_while_the_server_was_down(
+    live_project: LiveProject, redis: RedisServer, tmp_path: Path
+) -> None:
+    prefix = "test-browser"
+    settings = {
+        "REDIS_URL": redis.url,
+        "EVENTS_REDIS_PREFIX": prefix,
+        # The browser reconnects this long after losing the stream.
+        "EVENTS_RETRY_MILLISECONDS": "300",
+        # Plain http on loopback: cookies marked Secure would not be sent back.
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+    }
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with daphne_server(live_project, tmp_path, **settings) as server, chromium() as browser:
+        page = browser.new_page()
+        log_in(page, server.url, "alice", "password")
+        status = page.locator("#status")
+        rows = page.locator("#events li")
+        expect(status).to_have_attribute("data-state", "open")
+
+        with api(server, live_project.tokens["staff"]) as staff:
+            response = staff.post(
+                "/api/events/", json={"type": "notice", "data": {"text": "live"}, "topic": "demo"}
+            )
+        assert response.status_code == 201, response.text
+        live_id = response.json()["id"]
+        expect(rows).to_have_count(1)
+        expect(rows.first.locator(".type")).to_have_text("notice")
+        expect(rows.first.locator(".data")).to_have_text('{\n  "text": "live"\n}')
+
+        server.stop()
+        expect(status).to_have_attribute("data-state", "reconnecting")
+        broadcast_id = publish_while_down(live_project, redis, prefix, "alert", '{"text": "all"}')
+        private_id = publish_while_down(
+            live_project, redis, prefix, "message", '{"text": "just alice"}', "--user", "alice"
+        )
+        server.start()  # on the same port: the browser finds it again by itself
+
+        expect(status).to_have_attribute("data-state", "open")
+        expect(rows).to_have_count(3)
+        # Newest first, each event once: the replay after Last-Event-ID sent exactly what was missed.
+        assert [rows.nth(i).get_attribute("data-event-id") for i in range(3)] == [
+            private_id,
+            broadcast_id,
+            live_id,
+        ]
+        expect(rows.locator(".type")).to_have_text(["message", "alert", "notice"])
+        expect(rows.first.locator(".data")).to_have_text('{\n  "text": "just alice"\n}')
+        expect(page.locator("#last-event-id")).to_have_text(private_id)
