@@ -53,13 +53,18 @@ def guard_slow_client(send: Send, max_unsent_bytes: int) -> Send:
     if transport is None or max_unsent_bytes <= 0:
         return send
 
+    aborted = False
+
     async def guarded_send(message: dict[str, Any]) -> None:
+        nonlocal aborted
         await send(message)
-        if message["type"] == "http.response.body":
-            unsent = transport.unsent_bytes()
-            if unsent > max_unsent_bytes:
-                logger.info("Disconnected a client that stopped reading (%d bytes unsent)", unsent)
-                # Daphne then reports http.disconnect, which ends the stream and frees its state.
-                transport.abort()
+        if message["type"] != "http.response.body" or aborted:
+            return
+        unsent = transport.unsent_bytes()
+        if unsent > max_unsent_bytes:
+            logger.info("Disconnected a client that stopped reading (%d bytes unsent)", unsent)
+            # Daphne then reports http.disconnect, which ends the stream and frees its state.
+            transport.abort()
+            aborted = True
 
     return guarded_send

@@ -13,14 +13,22 @@ from collections.abc import Iterable
 
 from .broker import get_broker
 from .broker.base import Broker, Feed
-from .event import Event
+from .event import RESET_TYPE, Event
+from .wire import encode_event
 
 
 class Reset:
-    """Marks the place in a subscriber's buffer where events were lost (see ``lost_events``)."""
+    """Where a subscriber lost events: the client must reload its state as of ``event_id``.
 
+    Carrying the newest id in history gives the client a valid ``Last-Event-ID`` to resume from;
+    an empty ``id:`` (no history yet) clears it.
+    """
 
-RESET = Reset()
+    __slots__ = ("event_id", "wire")
+
+    def __init__(self, event_id: str | None) -> None:
+        self.event_id = event_id
+        self.wire = encode_event("{}", event_type=RESET_TYPE, event_id=event_id or "")
 
 
 class Subscriber:
@@ -70,7 +78,7 @@ class Hub:
 
     @property
     def subscriber_count(self) -> int:
-        return len({s for subscribers in self._subscribers.values() for s in subscribers})
+        return len(self._all_subscribers())
 
     @property
     def channel_count(self) -> int:
@@ -120,15 +128,25 @@ class Hub:
         for subscriber in self._subscribers.get(event.channel, ()):
             subscriber.offer(event)
 
-    def lost_events(self) -> None:
-        for subscriber in {s for subscribers in self._subscribers.values() for s in subscribers}:
-            subscriber.offer(RESET)
+    def lost_events(self, latest_event_id: str | None) -> None:
+        reset = Reset(latest_event_id)
+        for subscriber in self._all_subscribers():
+            subscriber.offer(reset)
+
+    def _all_subscribers(self) -> set[Subscriber]:
+        # Every stream reads the broadcast channel, but a union keeps this true for any mix.
+        return {s for subscribers in list(self._subscribers.values()) for s in subscribers}
 
     async def aclose(self) -> None:
         await self._feed.aclose()
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
+
+
+def running_hubs() -> list[tuple[asyncio.AbstractEventLoop, Hub]]:
+    """Every hub of this process with its event loop (one in a server process)."""
+    return list(_hubs.items())
 
 
 def get_hub() -> Hub:

@@ -3,25 +3,30 @@
 import asyncio
 import threading
 
-from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, JsonResponse
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from .hub import get_hub
+from .hub import running_hubs
 
 
-@staff_member_required
-async def stream_metrics(request: HttpRequest) -> JsonResponse:
-    """Open streams, channels subscribed, asyncio tasks and OS threads of this process.
+class StreamMetricsView(APIView):
+    """``GET`` (staff): open streams, subscribed channels, asyncio tasks and OS threads.
 
-    Async so that it runs on the event loop that owns this process's hub. Each server process has
-    its own hub: behind a load balancer, every request may see a different replica.
+    Each server process has its own hub: behind a load balancer, each request may reach a
+    different replica. The view runs in a worker thread and only reads counters of the hubs.
     """
-    hub = get_hub()
-    return JsonResponse(
-        {
-            "streams": hub.subscriber_count,
-            "channels": hub.channel_count,
-            "tasks": len(asyncio.all_tasks()),
-            "threads": threading.active_count(),
-        }
-    )
+
+    permission_classes = [IsAdminUser]
+
+    def get(self, request: Request) -> Response:
+        hubs = running_hubs()
+        return Response(
+            {
+                "streams": sum(hub.subscriber_count for _, hub in hubs),
+                "channels": sum(hub.channel_count for _, hub in hubs),
+                "tasks": sum(len(asyncio.all_tasks(loop)) for loop, _ in hubs),
+                "threads": threading.active_count(),
+            }
+        )

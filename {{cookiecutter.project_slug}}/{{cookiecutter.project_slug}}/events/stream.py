@@ -11,14 +11,13 @@ import random
 from collections.abc import AsyncIterator
 
 from .conf import EventSettings
-from .event import RESET_TYPE, Event, parse_event_id
+from .event import Event, parse_event_id
 from .exceptions import BrokerUnavailable
 from .hub import Hub, Reset, Subscriber, get_hub
-from .wire import HEARTBEAT, encode_comment, encode_event, encode_retry
+from .wire import HEARTBEAT, encode_comment, encode_retry
 
 logger = logging.getLogger(__name__)
 
-RESET_EVENT = encode_event("{}", event_type=RESET_TYPE)
 # Streams end a little before their maximum lifetime, at random, so that clients of a replica
 # reconnect spread out in time and rebalance across replicas.
 _LIFETIME_JITTER = 0.1
@@ -58,7 +57,9 @@ async def _replay(
 ) -> tuple[bytes, tuple[int, int] | None]:
     missed = await hub.broker.events_after(last_event_id)
     if missed is None:
-        return RESET_EVENT, None
+        latest = await hub.broker.latest_event_id()
+        # Live events up to the newest in history are part of the state the client reloads.
+        return Reset(latest).wire, parse_event_id(latest) if latest else None
     visible = [event for event in missed if event.channel in channels]
     # Live events up to here were replayed, or were sent before the client reconnected.
     replay_end = missed[-1].sort_key if missed else parse_event_id(last_event_id)
@@ -86,7 +87,7 @@ async def _live(
             continue
         if replay_end is not None:
             batch, replay_end = _skip_replayed(batch, replay_end)
-        chunk = b"".join(RESET_EVENT if isinstance(item, Reset) else item.wire for item in batch)
+        chunk = b"".join(item.wire for item in batch)
         if chunk:
             yield chunk
     logger.info("Disconnected a client that fell %d events behind", settings.client_queue_size)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .metrics import stream_metrics
+from .metrics import StreamMetricsView
 from .views import EventStreamView, PublishEventView
 
 app_name = "events"
@@ -8,5 +8,5 @@ app_name = "events"
 urlpatterns = [
     path("", PublishEventView.as_view(), name="publish"),
     path("stream/", EventStreamView.as_view(), name="stream"),
-    path("metrics/", stream_metrics, name="metrics"),
+    path("metrics/", StreamMetricsView.as_view(), name="metrics"),
 ]

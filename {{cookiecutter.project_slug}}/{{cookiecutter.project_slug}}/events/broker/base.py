@@ -15,8 +15,9 @@ class FeedSink(Protocol):
 
     def deliver(self, event: Event) -> None: ...
 
-    def lost_events(self) -> None:
-        """Events may have been missed and history cannot bridge the gap: clients must reset."""
+    def lost_events(self, latest_event_id: str | None) -> None:
+        """Events may have been missed and history cannot bridge the gap: clients must reset
+        their state as of ``latest_event_id``, the newest event in history (None if empty)."""
 
 
 class Feed(ABC):
@@ -45,6 +46,10 @@ class Broker(ABC):
     async def events_after(self, event_id: str) -> list[Event] | None:
         """Every stored event after ``event_id`` in order, or None if ``event_id`` is not in history
         (trimmed away or never issued), in which case the caller cannot be brought up to date."""
+
+    @abstractmethod
+    async def latest_event_id(self) -> str | None:
+        """The id of the newest event in history, or None if history is empty."""
 
     @abstractmethod
     def open_feed(self, sink: FeedSink) -> Feed: ...

@@ -42,6 +42,10 @@ class InMemoryBroker(Broker):
                 return history[index + 1 :]
         return None
 
+    async def latest_event_id(self) -> str | None:
+        with self._lock:
+            return self._history[-1].id if self._history else None
+
     def open_feed(self, sink: FeedSink) -> Feed:
         feed = _MemoryFeed(self, sink, asyncio.get_running_loop())
         with self._lock:

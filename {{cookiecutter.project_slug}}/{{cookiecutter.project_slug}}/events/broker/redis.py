@@ -126,8 +126,11 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return [event for event in map(self._history_event, entries) if event is not None]
 
-    async def last_event_id(self) -> str | None:
-        entries = await self.async_client().xrevrange(self._history_key, "+", "-", count=1)
+    async def latest_event_id(self) -> str | None:
+        try:
+            entries = await self.async_client().xrevrange(self._history_key, "+", "-", count=1)
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return entries[0][0].decode() if entries else None
 
     def _history_event(self, entry: tuple[bytes, dict[bytes, bytes]]) -> Event | None:
@@ -231,7 +234,7 @@ class _RedisFeed(Feed):
         if reconnecting:
             await self._catch_up()
         elif self._last_id is None:
-            self._remember(await self._broker.last_event_id())
+            self._remember(await self._broker.latest_event_id())
         self._pubsub = pubsub
         self._connected.set()
         if reconnecting:
@@ -243,8 +246,9 @@ class _RedisFeed(Feed):
         if missed is None:
             logger.warning("Events after %s are no longer in history; clients reset", self._last_id)
             self._last_id = self._last_key = None
-            self._remember(await self._broker.last_event_id())
-            self._sink.lost_events()
+            latest = await self._broker.latest_event_id()
+            self._remember(latest)
+            self._sink.lost_events(latest)
             return
         for event in missed:
             if event.channel in self._channels:
