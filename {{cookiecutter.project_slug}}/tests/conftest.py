@@ -12,7 +12,7 @@ def live_project(tmp_path_factory: pytest.TempPathFactory) -> LiveProject:
 
 
 @pytest.fixture(scope="session")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server
 
@@ -22,7 +22,7 @@ def broker_settings(request: pytest.FixtureRequest, tmp_path_factory) -> dict[st
     """Settings selecting each broker in turn, with a Redis key prefix of the module's own."""
     if request.param == "in-process":
         return {"REDIS_URL": ""}
-    redis_url = request.getfixturevalue("redis").url
+    redis_url = request.getfixturevalue("redis_service").url
     return {"REDIS_URL": redis_url, "EVENTS_REDIS_PREFIX": f"test-{request.module.__name__}"}
 
 

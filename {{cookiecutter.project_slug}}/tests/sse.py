@@ -57,7 +57,12 @@ class EventStream:
         """Dispatched events only, as ``onmessage``/``addEventListener`` would see them."""
         return (message for message in self if message.comment is None and message.retry is None)
 
+    def take_all(self, count: int) -> list[Message]:
+        """The next ``count`` messages, comments and retry fields included."""
+        return [message for _, message in zip(range(count), self, strict=False)]
+
     def take(self, count: int) -> list[Message]:
+        """The next ``count`` dispatched events."""
         received = []
         for message in self.events():
             received.append(message)
@@ -72,12 +77,15 @@ def open_stream(
     *,
     topics: tuple[str, ...] = (),
     last_event_id: str | None = None,
+    origin: str | None = None,
     read_timeout: float = 10.0,
 ) -> Iterator[EventStream]:
     """Open the stream; any read fails after ``read_timeout`` seconds of silence."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
+    if origin is not None:
+        headers["Origin"] = origin
     with client.stream(
         "GET",
         "/api/events/stream/",

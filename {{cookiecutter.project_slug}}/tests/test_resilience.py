@@ -1,0 +1,260 @@
+"""What keeps the stream up: bad input on Redis, Redis restarts, slow clients, many clients."""
+
+import asyncio
+import json
+import socket
+import time
+
+import httpx
+import pytest
+import redis
+
+from .services import (
+    Daphne,
+    LiveProject,
+    RedisServer,
+    api,
+    daphne_server,
+    redis_server,
+)
+from .sse import open_stream
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def publish(client: httpx.Client, event_type: str, data: object = None, **address) -> str:
+    response = client.post("/api/events/", json={"type": event_type, "data": data, **address})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def metrics(client: httpx.Client) -> dict[str, int]:
+    response = client.get("/api/events/metrics/")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_until(condition, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def redis_daphne(
+    live_project: LiveProject, redis_service: RedisServer, tmp_path, request: pytest.FixtureRequest
+):
+    prefix = f"test-{request.node.name}"
+    with daphne_server(
+        live_project, tmp_path, REDIS_URL=redis_service.url, EVENTS_REDIS_PREFIX=prefix
+    ) as daphne:
+        yield daphne, prefix
+
+
+def test_malformed_messages_on_redis_are_skipped_and_the_stream_goes_on(
+    redis_daphne, redis_service: RedisServer, live_project: LiveProject
+) -> None:
+    daphne, prefix = redis_daphne
+    channel = f"{prefix}:broadcast"
+    bad_messages = [
+        b"not json",
+        b"\xff\xfe not utf-8",
+        b'["a", "list"]',
+        b'{"type": "no-data"}',
+        b'{"type": "bad type!", "data": 1}',
+        b'{"type": "x", "data": 1, "topic": "news"}',  # addressed elsewhere than its channel
+        json.dumps({"type": "huge", "data": "x" * 70_000}).encode(),
+    ]
+    with api(daphne, live_project.tokens["alice"]) as alice, open_stream(alice) as stream:
+        stream.take_all(2)  # retry, then ": connected": from here on nothing is missed
+        client = redis.Redis.from_url(redis_service.url)
+        for message in bad_messages:
+            assert client.publish(channel, message) == 1
+        # What another service in any language publishes: the documented envelope, no id.
+        client.publish(channel, json.dumps({"type": "external", "data": {"from": "elsewhere"}}))
+        [event] = stream.take(1)
+    assert (event.event, event.data, event.id) == ("external", '{"from":"elsewhere"}', None)
+    assert daphne.log().count("Skipped") == len(bad_messages)
+
+
+def test_redis_restart_keeps_clients_connected_and_resets_them(
+    live_project: LiveProject, tmp_path
+) -> None:
+    with (
+        redis_server(tmp_path) as own_redis,
+        daphne_server(
+            live_project, tmp_path, REDIS_URL=own_redis.url, EVENTS_HEARTBEAT_SECONDS="0.5"
+        ) as daphne,
+        api(daphne, live_project.tokens["staff"]) as publisher,
+        api(daphne, live_project.tokens["alice"]) as alice,
+        open_stream(alice) as stream,
+    ):
+        before = publish(publisher, "before")
+        assert [m.id for m in stream.take(1)] == [before]
+
+        own_redis.stop()
+        refused = publisher.post("/api/events/", json={"type": "lost", "data": 1})
+        assert refused.status_code == 503
+        assert "Redis is unavailable" in refused.json()["detail"]
+
+        own_redis.start()  # same port, empty: history is gone
+        [reset] = stream.take(1)
+        assert reset.event == "reset"
+        after = publish(publisher, "after")
+        assert [(m.event, m.id) for m in stream.take(1)] == [("after", after)]
+    assert "Event feed reconnected to Redis" in daphne.log()
+
+
+def test_client_that_stops_reading_is_disconnected_and_memory_stays_bounded(
+    live_project: LiveProject, redis_service: RedisServer, tmp_path
+) -> None:
+    prefix = "test-slow-client"
+    with (
+        daphne_server(
+            live_project,
+            tmp_path,
+            REDIS_URL=redis_service.url,
+            EVENTS_REDIS_PREFIX=prefix,
+            EVENTS_CLIENT_MAX_BACKLOG_BYTES=str(256 * 1024),
+        ) as daphne,
+        api(daphne, live_project.tokens["staff"]) as staff,
+    ):
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", daphne.port))
+        slow.sendall(
+            b"GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Accept: text/event-stream\r\n"
+            + f"Authorization: Token {live_project.tokens['alice']}\r\n\r\n".encode()
+        )
+        assert b"200 OK" in slow.recv(1024)
+        assert wait_until(lambda: metrics(staff)["streams"] == 1)
+        rss_before = daphne.status("VmRSS")
+
+        # 50 MB for a client that reads nothing: unbounded, the server would buffer all of it.
+        payload = json.dumps({"type": "bulk", "data": "x" * 60_000})
+        client = redis.Redis.from_url(redis_service.url)
+        for _ in range(850):
+            client.publish(f"{prefix}:broadcast", payload)
+
+        assert wait_until(lambda: metrics(staff)["streams"] == 0), "slow client still connected"
+        rss_growth_kb = daphne.status("VmRSS") - rss_before
+        received = _drain(slow)
+    assert received < 16 * 1024 * 1024, received
+    assert rss_growth_kb < 24 * 1024, f"server RSS grew {rss_growth_kb} kB"
+    assert "stopped reading" in daphne.log()
+
+
+def _drain(sock: socket.socket) -> int:
+    """Read until the server's close; returns the bytes the client still had coming."""
+    sock.settimeout(10)
+    total = 0
+    try:
+        while chunk := sock.recv(1 << 16):
+            total += len(chunk)
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return total
+
+
+def test_disconnects_leave_no_stream_subscription_or_task_behind(
+    server: Daphne, live_project: LiveProject, broker_settings: dict, redis_service: RedisServer
+) -> None:
+    with (
+        api(server, live_project.tokens["staff"]) as staff,
+        api(server, live_project.tokens["alice"]) as alice,
+    ):
+        with open_stream(alice) as stream:  # the process's hub and feed exist from now on
+            stream.take_all(1)
+        assert wait_until(lambda: metrics(staff)["streams"] == 0)
+        baseline = metrics(staff)
+        for cycle in range(60):
+            with open_stream(alice, topics=(f"topic-{cycle % 7}",)) as stream:
+                stream.take_all(2)
+        after = wait_until(lambda: (m := metrics(staff))["streams"] == 0 and m)
+    assert after["channels"] == baseline["channels"] == 0
+    assert after["tasks"] <= baseline["tasks"]
+    if broker_settings["REDIS_URL"]:
+        prefix = broker_settings["EVENTS_REDIS_PREFIX"]
+        assert redis_service.command("PUBSUB", "CHANNELS", f"{prefix}:*") == ""
+
+
+def test_open_streams_hold_no_thread(server: Daphne, live_project: LiveProject) -> None:
+    """200 open streams: the server's thread count does not grow with them."""
+    token = live_project.tokens["alice"]
+    with api(server, live_project.tokens["staff"]) as staff:
+        metrics(staff)  # warm up the shared worker thread
+        threads_before = server.status("Threads")
+        threads_open, streams_open = asyncio.run(
+            _hold_streams(server, token, 200, lambda: (server.status("Threads"), metrics(staff)))
+        )
+    assert streams_open["streams"] == 200
+    assert threads_open <= threads_before + 2, (threads_before, threads_open)
+
+
+async def _hold_streams(server: Daphne, token: str, count: int, measure):  # type: ignore[no-untyped-def]
+    request = (
+        "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Token {token}\r\n\r\n"
+    ).encode()
+    connections = []
+    try:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request)
+            connections.append((reader, writer))
+        for reader, _ in connections:
+            await asyncio.wait_for(reader.readuntil(b": connected"), 20)
+        return await asyncio.to_thread(measure)
+    finally:
+        for _, writer in connections:
+            writer.close()
+
+
+def test_publish_raises_a_clear_error_while_redis_is_down(
+    live_project: LiveProject, tmp_path
+) -> None:
+    port_without_redis = socket.socket()
+    port_without_redis.bind(("127.0.0.1", 0))
+    url = f"redis://127.0.0.1:{port_without_redis.getsockname()[1]}/0"
+    port_without_redis.close()
+    result = live_project.manage("publish_event", "note", '{"a": 1}', REDIS_URL=url)
+    assert result.returncode != 0
+    assert "Redis is unavailable" in result.stderr
+
+
+def test_publish_command_reaches_streams(
+    redis_daphne, redis_service: RedisServer, live_project: LiveProject
+) -> None:
+    daphne, prefix = redis_daphne
+    with (
+        api(daphne, live_project.tokens["alice"]) as alice,
+        open_stream(alice, topics=("news",)) as stream,
+    ):
+        result = live_project.manage(
+            "publish_event",
+            "headline",
+            '{"title": "Hi"}',
+            "--topic",
+            "news",
+            REDIS_URL=redis_service.url,
+            EVENTS_REDIS_PREFIX=prefix,
+        )
+        assert result.returncode == 0, result.stderr
+        [event] = stream.take(1)
+    assert (event.event, event.data, event.id) == (
+        "headline",
+        '{"title":"Hi"}',
+        result.stdout.strip(),
+    )
+
+
+def test_publish_command_explains_that_it_needs_redis(live_project: LiveProject) -> None:
+    result = live_project.manage("publish_event", "note", REDIS_URL="")
+    assert result.returncode != 0
+    assert "REDIS_URL is not set" in result.stderr
