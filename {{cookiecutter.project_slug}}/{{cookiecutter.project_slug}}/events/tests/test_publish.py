@@ -1,0 +1,124 @@
+"""The Python publish API and the hub, inside one process, on both brokers."""
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+from django.test import override_settings
+
+from tests.services import RedisServer, redis_server
+
+from ..broker import get_broker
+from ..broker.base import Feed
+from ..exceptions import BrokerUnavailable
+from ..hub import Hub, Subscriber
+from ..publish import apublish, publish
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server: RedisServer
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+def test_sync_publish_from_a_worker_thread_reaches_an_in_process_stream() -> None:
+    async def scenario() -> list[str]:
+        hub = Hub(get_broker())
+        subscriber = await hub.join({"broadcast", "user.7"}, capacity=10)
+        # As from a sync view: publish() runs in a thread, the hub lives on the event loop.
+        await asyncio.to_thread(publish, "note", {"n": 1}, user=7)
+        await asyncio.to_thread(publish, "note", {"n": 2}, user=8)
+        await asyncio.to_thread(publish, "note", {"n": 3})
+        batch = await subscriber.next_batch(timeout=5)
+        await hub.leave(subscriber)
+        return [event.data for event in batch]
+
+    with override_settings(REDIS_URL=""):
+        assert asyncio.run(scenario()) == ['{"n":1}', '{"n":3}']
+
+
+def test_apublish_stores_events_in_redis_history(redis_url: str) -> None:
+    async def scenario() -> tuple[str, list[str]]:
+        first = await apublish("note", 1, topic="news")
+        second = await apublish("note", 2)
+        after = await get_broker().events_after(first.id)
+        return second.id, [event.id for event in after]
+
+    with override_settings(REDIS_URL=redis_url, EVENTS_REDIS_PREFIX="test-apublish"):
+        second_id, ids_after_first = asyncio.run(scenario())
+    assert ids_after_first == [second_id]
+
+
+def test_publishing_to_an_unreachable_redis_raises_a_clear_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{unused.getsockname()[1]}/0"
+    with override_settings(REDIS_URL=url):
+        with pytest.raises(BrokerUnavailable, match="Redis is unavailable"):
+            publish("note", 1)
+        with pytest.raises(BrokerUnavailable, match="Redis is unavailable"):
+            asyncio.run(apublish("note", 1))
+
+
+class RecordingFeed(Feed):
+    """Records subscription changes (the real feeds are tested over HTTP)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def subscribe(self, channel: str) -> None:
+        await asyncio.sleep(0.01)  # let concurrent joins overlap
+        self.calls.append(("subscribe", channel))
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.calls.append(("unsubscribe", channel))
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RecordingBroker:
+    def __init__(self) -> None:
+        self.feed = RecordingFeed()
+
+    def open_feed(self, sink: object) -> Feed:
+        return self.feed
+
+
+def test_channels_are_subscribed_once_and_released_by_the_last_subscriber() -> None:
+    async def scenario() -> list[tuple[str, str]]:
+        broker = RecordingBroker()
+        hub = Hub(broker)  # type: ignore[arg-type]
+        first, second = await asyncio.gather(
+            hub.join({"broadcast", "topic.a"}, capacity=10),
+            hub.join({"broadcast", "topic.b"}, capacity=10),
+        )
+        await hub.leave(first)
+        assert hub.channel_count == 2
+        await hub.leave(second)
+        assert (hub.channel_count, hub.subscriber_count) == (0, 0)
+        return broker.feed.calls
+
+    calls = asyncio.run(scenario())
+    assert sorted(calls) == sorted(
+        [
+            ("subscribe", "broadcast"),
+            ("subscribe", "topic.a"),
+            ("subscribe", "topic.b"),
+            ("unsubscribe", "topic.a"),
+            ("unsubscribe", "broadcast"),
+            ("unsubscribe", "topic.b"),
+        ]
+    )
+
+
+def test_a_subscriber_that_falls_behind_is_marked_and_its_buffer_freed() -> None:
+    async def scenario() -> tuple[bool, list]:
+        subscriber = Subscriber(frozenset({"broadcast"}), capacity=3)
+        for _ in range(4):
+            subscriber.offer(object())  # type: ignore[arg-type]
+        return subscriber.overflowed, await subscriber.next_batch(timeout=1)
+
+    assert asyncio.run(scenario()) == (True, [])
