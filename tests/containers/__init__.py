@@ -1,0 +1,1 @@
+"""Support code for the container tests: a throwaway podman, stand-in images, an event reader."""

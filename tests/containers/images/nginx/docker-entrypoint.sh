@@ -1,0 +1,17 @@
+#!/bin/sh
+# Stand-in for the official nginx image's entrypoint: render every
+# /etc/nginx/templates/*.template into /etc/nginx/conf.d/ with envsubst,
+# substituting only the names defined in the environment (optionally only
+# those matching NGINX_ENVSUBST_FILTER), then run the command.
+set -eu
+
+filter="${NGINX_ENVSUBST_FILTER:-}"
+defined_envs=$(printf '${%s} ' $(awk "END { for (name in ENVIRON) { print ( name ~ /${filter}/ ) ? name : \"\" } }" < /dev/null))
+
+for template in /etc/nginx/templates/*.template; do
+    [ -f "$template" ] || continue
+    output="/etc/nginx/conf.d/$(basename "$template" .template)"
+    envsubst "$defined_envs" < "$template" > "$output"
+done
+
+exec "$@"
