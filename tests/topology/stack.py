@@ -1,0 +1,114 @@
+"""A generated project served as in production, on loopback: nginx in front of two Daphne
+processes (and gunicorn for everything but the streams, in the daphne+gunicorn topology), sharing
+one Redis and one database."""
+
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..helpers import free_port, project_env, require_binary, run
+from .nginx import nginx_config
+from .processes import Server
+
+# The demo login, created with the project's own command.
+USERNAME = "demo"
+PASSWORD = "demo"
+# How long a browser waits before it reconnects a dropped stream: long enough for a test to act
+# while the client is away, short enough to keep the tests quick.
+RETRY_MILLISECONDS = 1500
+
+
+@dataclass
+class Stack:
+    nginx: Server
+    daphnes: list[Server]
+    gunicorn: Server | None
+    token: str  # of the demo user, a superuser: may publish and read metrics
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+
+def _settings(directory: Path, redis_url: str, prefix: str) -> dict[str, str]:
+    """Production settings (DEBUG off), except for https: this stack serves plain http."""
+    return {
+        "DEBUG": "false",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DATABASE_URL": f"sqlite:///{directory / 'db.sqlite3'}",
+        "REDIS_URL": redis_url,
+        "EVENTS_REDIS_PREFIX": prefix,
+        "EVENTS_RETRY_MILLISECONDS": str(RETRY_MILLISECONDS),
+        "SECURE_SSL_REDIRECT": "false",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+        "SECURE_HSTS_SECONDS": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def _prepare_database(project: Path, python: Path, env: dict[str, str]) -> str:
+    """Migrate, create the demo superuser; returns its API token."""
+    manage = [str(python), "manage.py"]
+    run([*manage, "migrate", "--noinput"], cwd=project, env=env)
+    run([*manage, "create_demo_user", "--force"], cwd=project, env=env)
+    output = run([*manage, "drf_create_token", USERNAME], cwd=project, env=env).stdout
+    match = re.search(r"Generated token (\w+)", output)
+    assert match, output
+    return match.group(1)
+
+
+@contextmanager
+def loopback_stack(
+    project: Path, python: Path, topology: str, redis_url: str, directory: Path
+) -> Iterator[Stack]:
+    """Start every server of ``topology``; all of them are stopped when the block ends."""
+    env = project_env(python, **_settings(directory, redis_url, f"topology-{directory.name}"))
+    token = _prepare_database(project, python, env)
+    with ExitStack() as running:
+
+        def start(name: str, command: list[str], port: int, **extra_env: str) -> Server:
+            server = Server(
+                name, command, port, project, {**env, **extra_env}, directory / f"{name}.log"
+            )
+            running.callback(server.stop)
+            return server.start()
+
+        daphnes = []
+        for name in ("daphne-1", "daphne-2"):
+            port = free_port()
+            daphne = [str(python), "-m", "daphne", "--proxy-headers", "-b", "127.0.0.1"]
+            daphnes.append(start(name, [*daphne, "-p", str(port), "config.asgi:application"], port))
+        gunicorn = None
+        if topology == "daphne+gunicorn":
+            port = free_port()
+            command = [str(python), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+            gunicorn = start("gunicorn", [*command, "config.wsgi:application"], port)
+
+        nginx_port = free_port()
+        config = nginx_config(
+            project,
+            directory / "nginx",
+            port=nginx_port,
+            asgi_upstreams=[f"127.0.0.1:{daphne.port}" for daphne in daphnes],
+            wsgi_upstream=f"127.0.0.1:{gunicorn.port}" if gunicorn else None,
+        )
+        nginx_command = [
+            require_binary("nginx", "/usr/sbin"),
+            "-p",
+            str(config.parent),
+            "-c",
+            str(config),
+            "-g",
+            f"daemon off; pid {config.parent / 'nginx.pid'};",
+        ]
+        nginx = start("nginx", nginx_command, nginx_port)
+        yield Stack(nginx, daphnes, gunicorn, token)
