@@ -1,4 +1,5 @@
-"""The demo page in a real browser: events arrive live, and none is lost across a server restart.
+"""The demo app: its page in a real browser (events arrive live, and none is lost across a server
+restart), and the command that creates its login.
 
 Runs Debian's Chromium (``apt-get install chromium``) through Playwright; Playwright's own browser
 downloads are not needed.
@@ -47,20 +48,19 @@ def log_in(page: Page, base_url: str, username: str, password: str) -> None:
     page.wait_for_url(f"{base_url}/")
 
 
-def publish_while_down(project: LiveProject, redis: RedisServer, prefix: str, *args: str) -> str:
+def publish_with_command(project: LiveProject, settings: dict[str, str], *args: str) -> str:
     """Publish with the management command: straight to Redis, no web server needed."""
-    result = project.manage("publish_event", *args, REDIS_URL=redis.url, EVENTS_REDIS_PREFIX=prefix)
+    result = project.manage("publish_event", *args, **settings)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 def test_demo_page_shows_events_live_and_those_published_while_the_server_was_down(
-    live_project: LiveProject, redis: RedisServer, tmp_path: Path
+    live_project: LiveProject, redis_service: RedisServer, tmp_path: Path
 ) -> None:
-    prefix = "test-browser"
     settings = {
-        "REDIS_URL": redis.url,
-        "EVENTS_REDIS_PREFIX": prefix,
+        "REDIS_URL": redis_service.url,
+        "EVENTS_REDIS_PREFIX": "test-browser",
         # The browser reconnects this long after losing the stream.
         "EVENTS_RETRY_MILLISECONDS": "300",
         # Plain http on loopback: cookies marked Secure would not be sent back.
@@ -87,9 +87,9 @@ def test_demo_page_shows_events_live_and_those_published_while_the_server_was_do
 
         server.stop()
         expect(status).to_have_attribute("data-state", "reconnecting")
-        broadcast_id = publish_while_down(live_project, redis, prefix, "alert", '{"text": "all"}')
-        private_id = publish_while_down(
-            live_project, redis, prefix, "message", '{"text": "just alice"}', "--user", "alice"
+        broadcast_id = publish_with_command(live_project, settings, "alert", '{"text": "all"}')
+        private_id = publish_with_command(
+            live_project, settings, "message", '{"text": "just alice"}', "--user", "alice"
         )
         server.start()  # on the same port: the browser finds it again by itself
 
@@ -104,3 +104,24 @@ def test_demo_page_shows_events_live_and_those_published_while_the_server_was_do
         expect(rows.locator(".type")).to_have_text(["message", "alert", "notice"])
         expect(rows.first.locator(".data")).to_have_text('{\n  "text": "just alice"\n}')
         expect(page.locator("#last-event-id")).to_have_text(private_id)
+
+
+def test_create_demo_user_refuses_its_well_known_password_outside_debug_unless_forced(
+    live_project: LiveProject,
+) -> None:
+    refused = live_project.manage("create_demo_user", DEBUG="false")
+    assert refused.returncode != 0
+    assert "--force" in refused.stderr
+
+    created = live_project.manage("create_demo_user", "--force", DEBUG="false")
+    assert created.returncode == 0, created.stderr
+    reset = live_project.manage("create_demo_user", DEBUG="true")
+    assert reset.returncode == 0, reset.stderr
+    assert "Reset the superuser 'demo'" in reset.stdout
+
+    log_in_as_demo = (
+        "from django.contrib.auth import authenticate; "
+        "print(authenticate(username='demo', password='demo').is_superuser)"
+    )
+    logged_in = live_project.manage("shell", "--verbosity", "0", "-c", log_in_as_demo)
+    assert logged_in.stdout.strip() == "True", logged_in.stderr
