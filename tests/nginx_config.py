@@ -1,0 +1,125 @@
+"""The generated nginx template, rendered outside a container and wrapped in a main config.
+
+In the containers, the nginx image renders nginx/templates/*.template with envsubst at start
+(compose.yaml sets the variables). Here the same substitution targets servers on loopback, so
+Debian's nginx can check the result (`nginx -t`) or run it in front of local processes.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+TEMPLATE = Path("nginx/templates/default.conf.template")
+VARIABLE = re.compile(r"\$\{(\w+)\}")
+
+
+def render_template(text: str, variables: dict[str, str]) -> str:
+    """`${NAME}` replaced for each defined NAME, as the image's envsubst does; nginx's own
+    `$variables` untouched."""
+    return VARIABLE.sub(lambda match: variables.get(match[1], match[0]), text)
+
+
+def template_variables(project: Path) -> set[str]:
+    """Names the template expects from the environment."""
+    return set(VARIABLE.findall((project / TEMPLATE).read_text()))
+
+
+def nginx_config(
+    project: Path,
+    directory: Path,
+    *,
+    port: int,
+    asgi_upstreams: list[str],
+    wsgi_upstream: str | None = None,
+    static_root: Path | None = None,
+) -> Path:
+    """Write nginx.conf (and the rendered site) into ``directory``; returns its path.
+
+    nginx listens on 127.0.0.1:``port``. Several ASGI upstreams become several ``server``
+    lines. Static files come from ``static_root`` (default: the project's staticfiles/).
+    Run it with ``nginx -p <directory> -c <config> -g "daemon off; pid <directory>/nginx.pid;"``.
+    """
+    variables = {
+        "NGINX_PORT": f"127.0.0.1:{port}",
+        "NGINX_ASGI_UPSTREAM": ";\n    server ".join(asgi_upstreams),
+        "NGINX_STATIC_ROOT": str(static_root or project / "staticfiles"),
+    }
+    if wsgi_upstream is not None:
+        variables["NGINX_WSGI_UPSTREAM"] = wsgi_upstream
+    site = render_template((project / TEMPLATE).read_text(), variables)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "site.conf").write_text(site)
+    temp = directory / "temp"
+    temp.mkdir(exist_ok=True)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {temp / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    # As root, nginx's workers would switch to `nobody`, who cannot enter pytest's private
+    # temporary directories.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    mime_types = Path("/etc/nginx/mime.types")
+    include_mime_types = f"    include {mime_types};\n" if mime_types.exists() else ""
+    config = directory / "nginx.conf"
+    config.write_text(
+        f"""{user}worker_processes 1;
+error_log {directory / "error.log"} warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+{include_mime_types}    access_log {directory / "access.log"};
+{temp_paths}
+    include {directory / "site.conf"};
+}}
+"""
+    )
+    return config
+
+
+def check_config(nginx: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on a config written by nginx_config()."""
+    return subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-p",
+            str(config.parent),
+            "-c",
+            str(config),
+            # Before it reads the config nginx opens its default error log, which only root may.
+            "-e",
+            str(config.parent / "error.log"),
+            "-g",
+            f"pid {config.parent / 'nginx.pid'};",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def block(text: str, header: str) -> str:
+    """The body of the first block opened by ``header {`` (blocks nested inside it included)."""
+    start = re.search(re.escape(header) + r"\s*\{", text)
+    assert start, f"no block {header!r}"
+    depth, position = 1, start.end()
+    for position in range(start.end(), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[position], 0)
+        if depth == 0:
+            break
+    return text[start.end() : position]
+
+
+def directives(body: str) -> list[list[str]]:
+    """The simple directives of a block body (not those of blocks nested in it), split into
+    words with quotes removed: ``proxy_set_header Connection "";`` -> [..., "Connection", ""]."""
+    text = "\n".join(line.split("#", 1)[0] for line in body.splitlines())
+    # Drop nested blocks.
+    while "{" in text:
+        text = re.sub(r"[^;{}]*\{[^{}]*\}", "", text)
+    return [shlex.split(statement) for statement in text.split(";") if statement.strip()]
