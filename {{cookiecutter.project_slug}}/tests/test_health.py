@@ -1,0 +1,75 @@
+"""/healthz says the process is up; /readyz also checks the database and the event broker."""
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connections
+from django.test import Client
+
+from .services import RedisServer, free_port
+
+
+def test_healthz_answers_without_touching_the_database(client: Client) -> None:
+    # No django_db mark: a query here would fail the test.
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_probes_are_not_redirected_to_https(client: Client, settings) -> None:
+    """Probes come over plain HTTP from inside the network, even when every page needs HTTPS."""
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/admin/login/").status_code == 301
+
+
+@pytest.mark.django_db
+def test_readyz_is_ok_with_the_in_process_broker(client: Client, settings) -> None:
+    settings.REDIS_URL = ""
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+
+
+@pytest.mark.django_db
+def test_readyz_is_ok_with_redis(client: Client, settings, redis_service: RedisServer) -> None:
+    settings.REDIS_URL = redis_service.url
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_names_an_unreachable_broker(client: Client, settings) -> None:
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "broker": "error"},
+    }
+
+
+@pytest.fixture
+def unreachable_database(django_db_blocker, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The default database replaced by one that cannot be reached: its name leads nowhere."""
+    working = connections["default"]
+    unreachable = type(working)(
+        {**working.settings_dict, "NAME": "/nonexistent/directory/db.sqlite3"}, "default"
+    )
+    monkeypatch.setattr(connections._connections, "default", unreachable)
+    with django_db_blocker.unblock():
+        yield
+    unreachable.close()
+
+
+def test_readyz_names_an_unreachable_database(
+    client: Client, settings, unreachable_database: None
+) -> None:
+    settings.REDIS_URL = ""
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "error", "broker": "ok"},
+    }

@@ -1,0 +1,198 @@
+"""Settings come from the environment (and .env); without them, the defaults are production-safe.
+
+Each case loads config/settings.py in a fresh interpreter, in an empty project directory, with only
+the variables the case gives: nothing from this machine's environment or .env takes part.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PRODUCTION = {"SECRET_KEY": "production-" + "k" * 50}
+DUMP_SETTINGS = (
+    "import json, config.settings as s; "
+    "print(json.dumps({k: v for k, v in vars(s).items() if k.isupper()}, default=str))"
+)
+
+
+class SettingsError(Exception):
+    pass
+
+
+def load_settings(directory: Path, dotenv: str | None = None, **environment: str) -> dict[str, Any]:
+    (directory / "config").mkdir(parents=True)
+    shutil.copy(PROJECT_DIR / "config" / "settings.py", directory / "config" / "settings.py")
+    if dotenv is not None:
+        (directory / ".env").write_text(dotenv)
+    result = subprocess.run(
+        [sys.executable, "-B", "-c", DUMP_SETTINGS],
+        cwd=directory,
+        env={"PATH": os.environ["PATH"], **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SettingsError(result.stderr)
+    return json.loads(result.stdout)
+
+
+def test_without_configuration_https_protections_are_on(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, **PRODUCTION)
+    assert settings["DEBUG"] is False
+    assert settings["SECURE_SSL_REDIRECT"] is True
+    assert settings["SESSION_COOKIE_SECURE"] is True
+    assert settings["CSRF_COOKIE_SECURE"] is True
+    assert settings["SECURE_HSTS_SECONDS"] >= 365 * 24 * 60 * 60
+    assert settings["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
+
+
+def test_secret_key_is_required_unless_debug(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="SECRET_KEY is not set"):
+        load_settings(tmp_path / "unset")
+    with pytest.raises(SettingsError, match="SECRET_KEY is not set"):
+        load_settings(tmp_path / "empty", SECRET_KEY="", DEBUG="false")
+    assert load_settings(tmp_path / "debug", DEBUG="true")["SECRET_KEY"]
+
+
+def test_debug_turns_https_protections_off(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, DEBUG="true")
+    assert settings["DEBUG"] is True
+    assert settings["SECURE_SSL_REDIRECT"] is False
+    assert settings["SESSION_COOKIE_SECURE"] is False
+    assert settings["CSRF_COOKIE_SECURE"] is False
+    assert settings["SECURE_HSTS_SECONDS"] == 0
+
+
+def test_each_https_protection_can_be_turned_off(tmp_path: Path) -> None:
+    """For a plain-HTTP deployment, e.g. containers on localhost."""
+    settings = load_settings(
+        tmp_path,
+        **PRODUCTION,
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
+        SECURE_HSTS_SECONDS="0",
+    )
+    assert settings["DEBUG"] is False
+    assert settings["SECURE_SSL_REDIRECT"] is False
+    assert settings["SESSION_COOKIE_SECURE"] is False
+    assert settings["CSRF_COOKIE_SECURE"] is False
+    assert settings["SECURE_HSTS_SECONDS"] == 0
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
+    dotenv = "DEBUG=true\nSECRET_KEY=from-dotenv\nLOG_LEVEL=debug\n"
+    settings = load_settings(tmp_path, dotenv, DEBUG="false")
+    assert settings["DEBUG"] is False
+    assert settings["SECRET_KEY"] == "from-dotenv"
+    assert settings["LOG_LEVEL"] == "DEBUG"
+
+
+def test_lists_are_comma_separated(tmp_path: Path) -> None:
+    settings = load_settings(
+        tmp_path,
+        **PRODUCTION,
+        ALLOWED_HOSTS="example.com,www.example.com",
+        CSRF_TRUSTED_ORIGINS="https://example.com,https://www.example.com",
+    )
+    assert settings["ALLOWED_HOSTS"] == ["example.com", "www.example.com"]
+    assert settings["CSRF_TRUSTED_ORIGINS"] == ["https://example.com", "https://www.example.com"]
+
+
+def test_without_database_url_the_database_is_sqlite_in_the_project(tmp_path: Path) -> None:
+    database = load_settings(tmp_path, **PRODUCTION)["DATABASES"]["default"]
+    assert database["ENGINE"] == "django.db.backends.sqlite3"
+    assert database["NAME"] == str(tmp_path / "db.sqlite3")
+
+
+def test_database_url_selects_postgresql(tmp_path: Path) -> None:
+    url = "postgres://events:s3cret@db.internal:5433/events_db"
+    database = load_settings(tmp_path, **PRODUCTION, DATABASE_URL=url)["DATABASES"]["default"]
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert (database["NAME"], database["USER"], database["PASSWORD"]) == (
+        "events_db",
+        "events",
+        "s3cret",
+    )
+    assert (database["HOST"], database["PORT"]) == ("db.internal", 5433)
+
+
+def test_redis_url_is_passed_through_and_empty_means_in_process(tmp_path: Path) -> None:
+    assert load_settings(tmp_path / "default", **PRODUCTION)["REDIS_URL"] == ""
+    url = "redis://redis:6379/2"
+    assert load_settings(tmp_path / "set", **PRODUCTION, REDIS_URL=url)["REDIS_URL"] == url
+
+
+def test_event_settings_defaults(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, **PRODUCTION)
+    assert {name: value for name, value in settings.items() if name.startswith("EVENTS_")} == {
+        "EVENTS_HEARTBEAT_SECONDS": 15.0,
+        "EVENTS_RETRY_MILLISECONDS": 3000,
+        "EVENTS_HISTORY_LENGTH": 10000,
+        "EVENTS_MAX_PAYLOAD_BYTES": 65536,
+        "EVENTS_MAX_TOPICS_PER_STREAM": 16,
+        "EVENTS_CLIENT_QUEUE_SIZE": 1000,
+        "EVENTS_CLIENT_MAX_BACKLOG_BYTES": 1048576,
+        "EVENTS_STREAM_MAX_SECONDS": 3600.0,
+        "EVENTS_REDIS_PREFIX": "events",
+        "EVENTS_CORS_ALLOWED_ORIGINS": [],
+        "EVENTS_TOPIC_AUTHORIZER": settings["EVENTS_TOPIC_AUTHORIZER"],
+    }
+    assert settings["EVENTS_TOPIC_AUTHORIZER"].endswith(
+        ".events.authorization.default_topic_authorizer"
+    )
+
+
+def test_event_settings_from_the_environment(tmp_path: Path) -> None:
+    settings = load_settings(
+        tmp_path,
+        **PRODUCTION,
+        EVENTS_HEARTBEAT_SECONDS="0.5",
+        EVENTS_STREAM_MAX_SECONDS="0",
+        EVENTS_HISTORY_LENGTH="50",
+        EVENTS_REDIS_PREFIX="staging",
+        EVENTS_CORS_ALLOWED_ORIGINS="https://app.example.com,https://admin.example.com",
+    )
+    assert settings["EVENTS_HEARTBEAT_SECONDS"] == 0.5
+    assert settings["EVENTS_STREAM_MAX_SECONDS"] == 0.0
+    assert settings["EVENTS_HISTORY_LENGTH"] == 50
+    assert settings["EVENTS_REDIS_PREFIX"] == "staging"
+    assert settings["EVENTS_CORS_ALLOWED_ORIGINS"] == [
+        "https://app.example.com",
+        "https://admin.example.com",
+    ]
+
+
+def test_runserver_is_daphnes_asgi_server() -> None:
+    """`manage.py runserver` must serve ASGI, or event streams would hold a thread each."""
+    from django.core.management import get_commands
+
+    assert get_commands()["runserver"] == "daphne"
+
+
+def test_deployment_checks_pass_with_production_values() -> None:
+    result = subprocess.run(
+        [sys.executable, "-B", "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=PROJECT_DIR,
+        env={
+            **os.environ,
+            **PRODUCTION,
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "example.com",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,1 @@
+"""Liveness and readiness probes for load balancers, compose and orchestrators."""
