@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..helpers import free_port, project_env, require_binary, run
-from .nginx import nginx_config
+from ..nginx_config import nginx_config
 from .processes import Server
 
 # The demo login, created with the project's own command.
@@ -107,6 +107,9 @@ def loopback_stack(
             str(config.parent),
             "-c",
             str(config),
+            # Before it reads the config nginx opens its default error log, which only root may.
+            "-e",
+            str(config.parent / "error.log"),
             "-g",
             f"daemon off; pid {config.parent / 'nginx.pid'};",
         ]
