@@ -96,9 +96,11 @@ LOGIN_REDIRECT_URL = "/"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        # Browsers (EventSource cannot send headers) use the session cookie; programs use tokens.
-        "rest_framework.authentication.SessionAuthentication",
+        # Programs send a token; browsers (EventSource cannot send headers) the session cookie.
+        # Token first: DRF then answers unauthenticated requests 401 with a WWW-Authenticate
+        # header, rather than 403.
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
