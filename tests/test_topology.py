@@ -73,10 +73,11 @@ def page(browser: Browser, stack: Stack) -> Iterator[Page]:
         context.close()
 
 
-def publish(base_url: str, stack: Stack, data: object, event_type: str = "notice") -> str:
+def publish(base_url: str, stack: Stack, data: object) -> str:
+    """Publish a "notice" to everyone through the server at ``base_url``; returns its id."""
     response = httpx.post(
         f"{base_url}/api/events/",
-        json={"type": event_type, "data": data},
+        json={"type": "notice", "data": data},
         headers=stack.auth,
         timeout=10,
     )
