@@ -125,7 +125,8 @@ def test_events_carry_ids_in_publish_order(alice: httpx.Client, publisher: httpx
         thread.join()
     assert [m.data for m in received] == [str(n) for n in range(20)]
     ids = [tuple(map(int, m.id.split("-"))) for m in received]
-    assert ids == sorted(ids) and len(set(ids)) == 20
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 20
 
 
 def test_staff_topics_are_forbidden_to_other_users(

@@ -54,12 +54,12 @@ class Subscriber:
             self._pending.append(item)
         self._wakeup.set()
 
-    async def next_batch(self, timeout: float) -> list[Event | Reset] | None:
-        """Everything waiting, or None if nothing arrived within ``timeout`` seconds."""
+    async def next_batch(self, within: float) -> list[Event | Reset] | None:
+        """Everything waiting, or None if nothing arrived within ``within`` seconds."""
         if not self._pending and not self.overflowed:
             self._wakeup.clear()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(within):
                     await self._wakeup.wait()
             except TimeoutError:
                 return None

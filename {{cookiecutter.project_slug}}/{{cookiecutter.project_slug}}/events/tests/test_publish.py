@@ -31,7 +31,7 @@ def test_sync_publish_from_a_worker_thread_reaches_an_in_process_stream() -> Non
         await asyncio.to_thread(publish, "note", {"n": 1}, user=7)
         await asyncio.to_thread(publish, "note", {"n": 2}, user=8)
         await asyncio.to_thread(publish, "note", {"n": 3})
-        batch = await subscriber.next_batch(timeout=5)
+        batch = await subscriber.next_batch(within=5)
         await hub.leave(subscriber)
         return [event.data for event in batch]
 
@@ -119,6 +119,6 @@ def test_a_subscriber_that_falls_behind_is_marked_and_its_buffer_freed() -> None
         subscriber = Subscriber(frozenset({"broadcast"}), capacity=3)
         for _ in range(4):
             subscriber.offer(object())  # type: ignore[arg-type]
-        return subscriber.overflowed, await subscriber.next_batch(timeout=1)
+        return subscriber.overflowed, await subscriber.next_batch(within=1)
 
     assert asyncio.run(scenario()) == (True, [])
