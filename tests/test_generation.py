@@ -1,0 +1,253 @@
+"""Every combination of the options generates a clean, consistent, working project."""
+
+import fnmatch
+import json
+import re
+import secrets
+import subprocess
+import sys
+import tomllib
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .helpers import (
+    TEMPLATE_DIR,
+    all_option_sets,
+    option_set_id,
+    project_env,
+    project_files,
+    project_python,
+    run,
+)
+
+SLUG = "live_events"
+OPTION_SETS = all_option_sets()
+# The options that change Python code; python_version and the license must not.
+CODE_OPTIONS = ("database", "http_topology", "include_demo")
+CODE_COMBINATIONS = sorted(
+    {tuple(answers[name] for name in CODE_OPTIONS) for answers in OPTION_SETS}
+)
+COPIED_WITHOUT_RENDERING = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())[
+    "_copy_without_render"
+]
+# A phrase found in one license text only.
+LICENSE_MARKERS = {
+    "MIT": "MIT License",
+    "BSD-3-Clause": "BSD 3-Clause License",
+    "Apache-2.0": "Apache License",
+}
+
+
+def expected_absent(relative: str, answers: dict[str, Any]) -> bool:
+    """Whether a file of the template must be missing from a project with these answers."""
+    return (
+        (relative == "LICENSE" and answers["open_source_license"] == "Not open source")
+        or (relative.startswith(".github/") and answers["ci"] == "none")
+        or (relative.startswith(f"{SLUG}/demo/") and not answers["include_demo"])
+        or (relative == "gunicorn.conf.py" and answers["http_topology"] == "daphne")
+    )
+
+
+def template_files() -> list[str]:
+    """Every file of the project template, by the path it gets in a generated project."""
+    template = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
+    return [
+        str(path.relative_to(template)).replace("{{cookiecutter.project_slug}}", SLUG)
+        for path in template.rglob("*")
+        if path.is_file()
+    ]
+
+
+def leftovers(relative: str, text: str) -> list[str]:
+    """Template syntax that survived rendering."""
+    markers = ["cookiecutter."]
+    # Django templates are copied as they are: their {{ }} and {% %} are Django's own.
+    if not any(fnmatch.fnmatch(relative, pattern) for pattern in COPIED_WITHOUT_RENDERING):
+        markers += ["{{", "{%", "{#"]
+    if relative.startswith(".github/"):
+        text = text.replace("${{", "")  # GitHub Actions expressions
+    return [marker for marker in markers if marker in text]
+
+
+@pytest.mark.parametrize("answers", OPTION_SETS, ids=option_set_id)
+def test_option_set_renders_completely(answers: dict[str, Any], all_bakes) -> None:
+    _, project = all_bakes[option_set_id(answers)]
+    files = project_files(project)
+
+    expected = {path for path in template_files() if not expected_absent(path, answers)}
+    assert set(files) == expected | {".env"}
+
+    problems = {}
+    for relative, content in files.items():
+        try:
+            text = content.decode()
+        except UnicodeDecodeError:
+            continue
+        if found := leftovers(relative, text):
+            problems[relative] = found
+        suffix = Path(relative).suffix
+        if suffix in {".yml", ".yaml"}:
+            list(yaml.safe_load_all(text))
+        elif suffix == ".toml":
+            tomllib.loads(text)
+        elif suffix == ".json":
+            json.loads(text)
+    assert problems == {}
+
+
+@pytest.mark.parametrize("answers", OPTION_SETS, ids=option_set_id)
+def test_option_set_keeps_the_files_of_its_choices(answers: dict[str, Any], all_bakes) -> None:
+    _, project = all_bakes[option_set_id(answers)]
+
+    license_file = project / "LICENSE"
+    if answers["open_source_license"] == "Not open source":
+        assert not license_file.exists()
+    else:
+        text = license_file.read_text()
+        found = [name for name, marker in LICENSE_MARKERS.items() if marker in text]
+        assert found == [answers["open_source_license"]]
+        assert f"Copyright (c) {datetime.now(UTC).year}" in text or (
+            f"Copyright {datetime.now(UTC).year}" in text
+        )
+        assert "Jane Doe" in text
+
+    workflows = list((project / ".github" / "workflows").glob("*.y*ml"))
+    assert bool(workflows) == (answers["ci"] == "github")
+
+    assert (project / SLUG / "demo" / "views.py").exists() == answers["include_demo"]
+    settings = (project / "config" / "settings.py").read_text()
+    assert (f'"{SLUG}.demo"' in settings) == answers["include_demo"]
+
+    requirements = (project / "requirements.txt").read_text()
+    assert ("psycopg[binary]==" in requirements) == (answers["database"] == "postgresql")
+
+
+def test_generated_python_passes_ruff(all_bakes) -> None:
+    """`ruff check` and `ruff format --check`, each project with its own configuration."""
+    projects = {str(project): option_set_id for option_set_id, (_, project) in all_bakes.items()}
+    ruff = str(Path(sys.executable).with_name("ruff"))
+
+    def relative(path: str) -> str:
+        # The same file of every project that has it is one finding.
+        project = next(project for project in projects if path.startswith(project + "/"))
+        return path.removeprefix(project + "/")
+
+    check = subprocess.run(
+        [ruff, "check", "--no-cache", "--output-format=json", *projects],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lint = {
+        f"{relative(problem['filename'])}:{problem['location']['row']}: "
+        f"{problem['code']} {problem['message']}"
+        for problem in json.loads(check.stdout)
+    }
+    assert sorted(lint) == []
+    fmt = subprocess.run(
+        [ruff, "format", "--check", "--no-cache", *projects],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    unformatted = {
+        relative(line.removeprefix("Would reformat: "))
+        for line in fmt.stdout.splitlines()
+        if line.startswith("Would reformat: ")
+    }
+    assert sorted(unformatted) == []
+    assert fmt.returncode == 0, fmt.stderr
+
+
+def test_python_version_and_license_do_not_change_python_code(all_bakes) -> None:
+    code_by_combination: dict[tuple, dict[str, dict[str, bytes]]] = defaultdict(dict)
+    for option_set, (answers, project) in all_bakes.items():
+        combination = tuple(answers[name] for name in CODE_OPTIONS)
+        code_by_combination[combination][option_set] = {
+            relative: content
+            for relative, content in project_files(project).items()
+            if relative.endswith(".py")
+        }
+    differences = {}
+    for variants in code_by_combination.values():
+        (first_id, first), *others = variants.items()
+        for option_set, files in others:
+            differing = sorted(
+                path for path in files.keys() | first.keys() if files.get(path) != first.get(path)
+            )
+            if differing:
+                differences[f"{option_set} vs {first_id}"] = differing
+    assert differences == {}
+
+
+def test_dependencies_are_pinned_exactly(baked) -> None:
+    project = baked(database="postgresql")
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for line in (project / name).read_text().splitlines():
+            if line and not line.startswith(("#", "-r ")):
+                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.]*", line), line
+    dev_requirements = (project / "requirements-dev.txt").read_text()
+    ruff_pin = re.search(r"^ruff==(\S+)$", dev_requirements, re.MULTILINE)[1]
+    pre_commit = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    hook_pins = {
+        dependency
+        for repo in pre_commit["repos"]
+        for hook in repo["hooks"]
+        for dependency in hook.get("additional_dependencies", [])
+    }
+    assert hook_pins == {f"ruff=={ruff_pin}"}
+
+
+# --- Django's own checks, once per combination of the options that change code ---------------
+
+PRODUCTION = {
+    "DEBUG": "false",
+    "SECRET_KEY": secrets.token_urlsafe(50),
+    "ALLOWED_HOSTS": "example.com,testserver",
+}
+
+# Requests a visitor would make first, through Django's test client, with production settings.
+SMOKE_REQUESTS = """
+import json
+from django.test import Client
+client = Client()
+answers = {
+    path: client.get(path, secure=True)
+    for path in ("/healthz", "/accounts/login/", "/", "/admin/login/")
+}
+print(json.dumps({path: [r.status_code, r.headers.get("Location")] for path, r in answers.items()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combination", CODE_COMBINATIONS, ids=lambda c: "-".join(map(str, c)))
+def test_django_checks_pass(combination: tuple, baked, tmp_path: Path) -> None:
+    answers = dict(zip(CODE_OPTIONS, combination, strict=True))
+    project = baked(**answers)
+    python = project_python(project)
+    database = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    development = project_env(python, DEBUG="true", DATABASE_URL=database)
+    production = project_env(python, DATABASE_URL=database, **PRODUCTION)
+
+    def manage(env: dict[str, str], *args: str) -> str:
+        return run([str(python), "-B", "manage.py", *args], cwd=project, env=env).stdout
+
+    manage(development, "check", "--fail-level", "WARNING")
+    manage(development, "makemigrations", "--check", "--dry-run")
+    manage(production, "check", "--deploy", "--fail-level", "WARNING")
+
+    output = manage(production, "shell", "-c", SMOKE_REQUESTS)
+    answered = json.loads(output.strip().splitlines()[-1])
+    assert answered["/healthz"] == [200, None]
+    assert answered["/accounts/login/"] == [200, None]
+    assert answered["/admin/login/"] == [200, None]
+    # The home page: the demo (for signed-in users), else the admin.
+    if answers["include_demo"]:
+        assert answered["/"] == [302, "/accounts/login/?next=/"]
+    else:
+        assert answered["/"] == [302, "/admin/"]
