@@ -28,24 +28,25 @@ async def event_stream(
     last_event_id: str | None,
     settings: EventSettings,
 ) -> AsyncIterator[bytes]:
-    # Sent at once so that the response starts before anything is awaited.
-    yield encode_retry(settings.retry_milliseconds)
     # Looked up here, not by the caller: the view runs in a worker thread, and the hub belongs to
     # the event loop that iterates this generator.
     hub = get_hub()
+    retry = encode_retry(settings.retry_milliseconds)
     try:
         subscriber = await hub.join(channels, settings.client_queue_size)
     except BrokerUnavailable as error:
         logger.warning("Stream closed at start: %s", error)
-        yield encode_comment("broker unavailable, reconnect later")
+        yield retry + encode_comment("broker unavailable, reconnect later")
         return
+    # Nothing is sent before the client is subscribed: Daphne sends the response headers with the
+    # first chunk, so a browser's "open" means that no event published afterwards can be missed.
     try:
         replay_end = None
         if last_event_id is not None:
             replay, replay_end = await _replay(hub, channels, last_event_id)
-            yield replay
+            yield retry + replay
         else:
-            yield encode_comment("connected")
+            yield retry + encode_comment("connected")
         async for chunk in _live(subscriber, replay_end, settings):
             yield chunk
     finally:
