@@ -20,8 +20,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from .containers.podman import NGINX_IMAGE, REDIS_IMAGE, Podman, Stack, wait_until
+from .containers.podman import (
+    NGINX_IMAGE,
+    POSTGRES_IMAGE,
+    REDIS_IMAGE,
+    Podman,
+    Stack,
+    wait_until,
+)
 from .containers.sse import StreamReader
 from .helpers import free_port, in_ci, require_binary
 
@@ -60,6 +68,48 @@ def test_compose_file_follows_the_compose_spec(baked, context):
         ],
         check=True,
     )
+
+
+@pytest.mark.parametrize("context", VARIANTS, ids=variant_id)
+def test_compose_services_wait_for_what_they_need(baked, context):
+    compose = yaml.safe_load((baked(**context) / "compose.yaml").read_text())
+    services = compose["services"]
+
+    def waits_for(service: str) -> dict[str, str]:
+        depends_on = services[service].get("depends_on", {})
+        return {name: spec["condition"] for name, spec in depends_on.items()}
+
+    servers = ["asgi", "wsgi"] if context["http_topology"] == "daphne+gunicorn" else ["asgi"]
+    for server in servers:
+        assert waits_for(server) == {
+            "redis": "service_healthy",
+            "migrate": "service_completed_successfully",
+        }
+    assert waits_for("nginx") == {
+        **dict.fromkeys(servers, "service_healthy"),
+        "collectstatic": "service_completed_successfully",
+    }
+    if context["database"] == "postgresql":
+        assert waits_for("migrate") == {"postgres": "service_healthy"}
+        assert "healthcheck" in services["postgres"]
+    assert "healthcheck" in services["redis"]
+    # Replicas need free names and ports: only nginx publishes one.
+    assert not any("container_name" in spec for spec in services.values())
+    assert [name for name, spec in services.items() if "ports" in spec] == ["nginx"]
+
+
+@pytest.mark.parametrize("context", VARIANTS, ids=variant_id)
+def test_compose_file_holds_no_secret(baked, context):
+    compose = yaml.safe_load((baked(**context) / "compose.yaml").read_text())
+    for name, spec in compose["services"].items():
+        environment = spec.get("environment", {})
+        assert "SECRET_KEY" not in environment, name
+        # Passwords only ever come from .env, by reference.
+        for variable, value in environment.items():
+            if "PASSWORD" in variable:
+                assert value.startswith("${"), name
+            if variable == "DATABASE_URL" and value.startswith("postgres"):
+                assert ":${POSTGRES_PASSWORD:?" in value, name
 
 
 @pytest.mark.parametrize("context", VARIANTS, ids=variant_id)
@@ -122,6 +172,7 @@ def stack_factory(podman, tmp_path):
                 "APP_IMAGE": image,
                 "REDIS_IMAGE": REDIS_IMAGE,
                 "NGINX_IMAGE": NGINX_IMAGE,
+                "POSTGRES_IMAGE": POSTGRES_IMAGE,
                 "HTTP_BIND": "127.0.0.1",
                 "HTTP_PORT": str(free_port()),
             },
@@ -131,30 +182,6 @@ def stack_factory(podman, tmp_path):
 
     yield make
     podman.remove_all()
-
-
-def wait_for_stack(stack: Stack, base_url: str, services: list[str]) -> None:
-    """What `docker compose up --wait` does (podman-compose ignores service_healthy)."""
-
-    def migrated():
-        codes = [stack.exit_code(name) for name in stack.containers("migrate")]
-        assert codes, "no migrate container"
-        assert all(code in (None, 0) for code in codes), f"migrate exited with {codes}"
-        return all(code == 0 for code in codes)
-
-    wait_until(migrated, timeout=90, message="the migrations")
-    for service in services:
-        for container in stack.containers(service):
-            wait_until(
-                lambda c=container: stack.healthy(c),
-                timeout=90,
-                message=f"{container} to be healthy",
-            )
-    wait_until(
-        lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200,
-        timeout=60,
-        message="nginx to answer /healthz",
-    )
 
 
 def create_token(stack: Stack, container: str) -> str:
@@ -187,18 +214,25 @@ def open_streams(stack: Stack, container: str, token: str) -> int:
 @pytest.mark.slow
 # The first run also builds the Debian base image: allow for it.
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("http_topology", ["daphne", "daphne+gunicorn"])
+@pytest.mark.parametrize(
+    ("database", "http_topology"),
+    # Each database and each topology once.
+    [("sqlite", "daphne"), ("postgresql", "daphne+gunicorn")],
+)
 def test_event_published_through_nginx_reaches_streams_on_every_replica(
-    baked, stack_factory, http_topology
+    baked, stack_factory, database, http_topology
 ):
     started = time.monotonic()
-    stack = stack_factory(baked(http_topology=http_topology))
+    stack = stack_factory(baked(database=database, http_topology=http_topology))
     base_url = f"http://127.0.0.1:{stack.env['HTTP_PORT']}"
-    app_services = ["asgi", "wsgi"] if http_topology == "daphne+gunicorn" else ["asgi"]
     readers: list[StreamReader] = []
     try:
-        stack.up("--scale", "asgi=2")
-        wait_for_stack(stack, base_url, ["redis", *app_services])
+        stack.up(scale={"asgi": 2})
+        wait_until(
+            lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200,
+            timeout=60,
+            message="nginx to answer /healthz",
+        )
         print(f"stack up: {time.monotonic() - started:.1f} s since the test started")
 
         ready = httpx.get(f"{base_url}/readyz", timeout=5)

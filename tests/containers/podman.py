@@ -4,8 +4,8 @@ Everything podman creates (images, containers, volumes, networks, its DNS
 state) lives under one temporary directory, selected through
 CONTAINERS_STORAGE_CONF and CONTAINERS_CONF, and is removed by `close()`.
 No image registry is needed: the base image comes from debootstrap, and the
-redis and nginx images compose.yaml uses by default are replaced with
-stand-ins built on that base from Debian's packages.
+redis, nginx and postgres images compose.yaml uses by default are replaced
+with stand-ins built on that base from Debian's packages.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
+
+import yaml
 
 from ..helpers import CACHE_DIR, run
 
@@ -26,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 
 SUITE = "bookworm"
 # One Debian root filesystem serves every image of the tests: python3 for the
-# application image (the Dockerfile's PYTHON_IMAGE), redis-server and nginx
-# for the stand-ins. Layers are shared, so this costs one import.
+# application image (the Dockerfile's PYTHON_IMAGE), redis-server, nginx and
+# PostgreSQL for the stand-ins. Layers are shared, so this costs one import.
 BASE_PACKAGES = (
     "python3",
     "python3-venv",
@@ -35,10 +38,12 @@ BASE_PACKAGES = (
     "redis-tools",
     "nginx-light",
     "gettext-base",
+    "postgresql-15",
 )
 BASE_IMAGE = "localhost/cds-test-base:latest"
 REDIS_IMAGE = "localhost/cds-test-redis:latest"
 NGINX_IMAGE = "localhost/cds-test-nginx:latest"
+POSTGRES_IMAGE = "localhost/cds-test-postgres:latest"
 
 
 def attempt(args, *, env=None, timeout=120) -> subprocess.CompletedProcess:
@@ -90,11 +95,23 @@ def base_rootfs_tarball() -> Path:
             ],
             timeout=600,
         )
-        # Downloaded packages and index files are not needed in the image.
-        for directory in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for entry in (rootfs / directory).glob("*"):
-                if entry.is_file():
-                    entry.unlink()
+        # Not needed by the tests: downloaded packages, package lists, documentation,
+        # translations, and LLVM (PostgreSQL's JIT compiler, turned off in the stand-in).
+        for pattern in (
+            "var/cache/apt/archives/*.deb",
+            "var/lib/apt/lists/*_*",
+            "usr/share/doc/*",
+            "usr/share/man/*",
+            "usr/share/locale/*",
+            "usr/lib/*/libLLVM*",
+            "usr/lib/postgresql/*/lib/llvmjit*",
+            "usr/lib/postgresql/*/lib/bitcode",
+        ):
+            for path in rootfs.glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         partial = Path(tmp) / "rootfs.tar"
         run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], timeout=300)
         partial.replace(tarball)
@@ -187,7 +204,7 @@ class Podman:
 
     # --- images -----------------------------------------------------------
     def build_base_images(self) -> None:
-        """Import the Debian base image and build the redis and nginx stand-ins."""
+        """Import the Debian base image and build the redis, nginx and postgres stand-ins."""
         self(
             "import",
             "--change",
@@ -196,7 +213,8 @@ class Podman:
             BASE_IMAGE,
             timeout=300,
         )
-        for image, directory in ((REDIS_IMAGE, "redis"), (NGINX_IMAGE, "nginx")):
+        stand_ins = ((REDIS_IMAGE, "redis"), (NGINX_IMAGE, "nginx"), (POSTGRES_IMAGE, "postgres"))
+        for image, directory in stand_ins:
             self(
                 "build",
                 "--format=docker",
@@ -319,9 +337,58 @@ class Stack:
         self.project_dir = project_dir
         self.name = name
         self.env = env
+        self.compose_file = yaml.safe_load((project_dir / "compose.yaml").read_text())
+        # podman 4.3 cannot start a container whose stopped dependency depends on a running
+        # one (`--requires`, which podman-compose uses for depends_on; fixed in podman 5.6), and
+        # podman-compose ignores `condition: service_healthy` anyway. So the stack runs without
+        # depends_on, and `up()` follows compose.yaml's conditions itself.
+        override = project_dir.parent / f"{name}.override.yaml"
+        override.write_text(
+            "services:\n"
+            + "".join(
+                f"  {service}:\n    depends_on: !reset {{}}\n"
+                for service, spec in self.compose_file["services"].items()
+                if "depends_on" in spec
+            )
+        )
+        self.files = ["--file", str(project_dir / "compose.yaml"), "--file", str(override)]
 
-    def up(self, *args: str) -> None:
-        self.podman.compose(self.project_dir, self.name, "up", "--detach", *args, env=self.env)
+    def up(self, scale: dict[str, int]) -> None:
+        """`docker compose up --wait`: start the services one dependency level at a time, each
+        once what it depends on is healthy, or has completed, as compose.yaml asks."""
+        services = self.compose_file["services"]
+        awaited = defaultdict(set)  # service -> the conditions other services wait for
+        for spec in services.values():
+            for dependency, requirement in spec.get("depends_on", {}).items():
+                awaited[dependency].add(requirement["condition"])
+        started: set[str] = set()
+        while len(started) < len(services):
+            level = [
+                name
+                for name, spec in services.items()
+                if name not in started and set(spec.get("depends_on", {})) <= started
+            ]
+            assert level, "dependency cycle"
+            scaling = [f"--scale={name}={n}" for name, n in scale.items() if name in level]
+            self.compose("up", "--detach", *scaling, *level)
+            for name in level:
+                for container in self.containers(name):
+                    if "service_healthy" in awaited[name]:
+                        wait_until(
+                            lambda c=container: self.healthy(c),
+                            timeout=90,
+                            message=f"{container} to be healthy",
+                        )
+                    if "service_completed_successfully" in awaited[name]:
+                        wait_until(
+                            lambda c=container: self.completed(c),
+                            timeout=90,
+                            message=f"{container} to complete",
+                        )
+            started.update(level)
+
+    def compose(self, *args: str) -> None:
+        self.podman.compose(self.project_dir, self.name, *self.files, *args, env=self.env)
 
     def containers(self, service: str) -> list[str]:
         """Names of the service's containers (all replicas), running or not."""
@@ -343,6 +410,11 @@ class Stack:
             "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container
         ).stdout.split()
         return int(code) if status in ("exited", "stopped") else None
+
+    def completed(self, container: str) -> bool:
+        code = self.exit_code(container)
+        assert code in (None, 0), f"{container} exited with {code}"
+        return code == 0
 
     def healthy(self, container: str) -> bool:
         # Without systemd podman runs no healthcheck timers: run the check by hand.
