@@ -16,7 +16,8 @@ def unselected_paths(answers: dict[str, object]) -> list[str]:
     if answers["ci"] == "none":
         paths.append(".github")
     if not answers["include_demo"]:
-        paths.append(f"{answers['project_slug']}/demo")
+        # The demo app, and its test in a browser.
+        paths += [f"{answers['project_slug']}/demo", "tests/test_browser.py"]
     if answers["http_topology"] == "daphne":
         paths.append("gunicorn.conf.py")
     return paths

@@ -109,8 +109,11 @@ def postgres_server() -> Iterator[str]:
     Yields a DATABASE_URL without the database name; its superuser `postgres` needs no password.
     """
     bin_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    initdb = require_binary("initdb", *bin_dirs)
-    postgres = str(Path(initdb).with_name("postgres"))
+    # The server's programs lie together in its bin directory (PATH may hold only links to some).
+    server_bin = Path(require_binary("initdb", *bin_dirs)).resolve().parent
+    initdb, postgres, pg_isready = (
+        str(server_bin / name) for name in ("initdb", "postgres", "pg_isready")
+    )
     # Not under pytest's temporary directory: that is private to this user, and PostgreSQL
     # refuses to run as root, so it runs as the `postgres` account when the tests run as root.
     directory = Path(tempfile.mkdtemp(prefix="template-tests-postgres-"))
@@ -146,7 +149,6 @@ def postgres_server() -> Iterator[str]:
         )
         try:
             wait_for_port(port, process=process)
-            pg_isready = str(Path(initdb).with_name("pg_isready"))
             run([pg_isready, "--host=127.0.0.1", f"--port={port}", "--timeout=20"], timeout=30)
             yield f"postgres://postgres@127.0.0.1:{port}"
         finally:

@@ -48,7 +48,10 @@ def expected_absent(relative: str, answers: dict[str, Any]) -> bool:
     return (
         (relative == "LICENSE" and answers["open_source_license"] == "Not open source")
         or (relative.startswith(".github/") and answers["ci"] == "none")
-        or (relative.startswith(f"{SLUG}/demo/") and not answers["include_demo"])
+        or (
+            (relative.startswith(f"{SLUG}/demo/") or relative == "tests/test_browser.py")
+            and not answers["include_demo"]
+        )
         or (relative == "gunicorn.conf.py" and answers["http_topology"] == "daphne")
     )
 
