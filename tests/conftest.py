@@ -34,7 +34,7 @@ def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _bakes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple, Path]:
+def _bakes() -> dict[tuple, Path]:
     """Projects baked so far in this session, by their complete answers."""
     return {}
 

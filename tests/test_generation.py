@@ -114,10 +114,12 @@ def test_option_set_keeps_the_files_of_its_choices(answers: dict[str, Any], all_
         text = license_file.read_text()
         found = [name for name, marker in LICENSE_MARKERS.items() if marker in text]
         assert found == [answers["open_source_license"]]
-        assert f"Copyright (c) {datetime.now(UTC).year}" in text or (
-            f"Copyright {datetime.now(UTC).year}" in text
-        )
-        assert "Jane Doe" in text
+        assert re.search(rf"Copyright (\(c\) )?{datetime.now(UTC).year},? Jane Doe", text)
+    metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    expected_license = answers["open_source_license"]
+    assert metadata.get("license") == (
+        None if expected_license == "Not open source" else expected_license
+    )
 
     workflows = list((project / ".github" / "workflows").glob("*.y*ml"))
     assert bool(workflows) == (answers["ci"] == "github")
@@ -125,6 +127,9 @@ def test_option_set_keeps_the_files_of_its_choices(answers: dict[str, Any], all_
     assert (project / SLUG / "demo" / "views.py").exists() == answers["include_demo"]
     settings = (project / "config" / "settings.py").read_text()
     assert (f'"{SLUG}.demo"' in settings) == answers["include_demo"]
+
+    python_image = f"PYTHON_IMAGE=python:{answers['python_version']}-slim-bookworm"
+    assert python_image in (project / ".env.example").read_text()
 
     requirements = (project / "requirements.txt").read_text()
     assert ("psycopg[binary]==" in requirements) == (answers["database"] == "postgresql")

@@ -129,6 +129,9 @@ def test_unusual_but_valid_answers_are_accepted(tmp_path: Path, cookiecutter_con
         'default="America/Argentina/Buenos_Aires"'
         in (project / "config" / "settings.py").read_text()
     )
+    example = (project / ".env.example").read_text()
+    assert "\nALLOWED_HOSTS=localhost,127.0.0.1,events.example.co.uk\n" in example
+    assert "\nCSRF_TRUSTED_ORIGINS=https://events.example.co.uk\n" in example
 
 
 # --- post_gen_project --------------------------------------------------------------------------

@@ -196,3 +196,11 @@ def test_deployment_checks_pass_with_production_values() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_responses_are_never_compressed(client) -> None:
+    """Compression would hold event streams back in buffers, so no response is compressed."""
+    response = client.get("/accounts/login/", HTTP_ACCEPT_ENCODING="gzip, deflate, br")
+    assert response.status_code == 200
+    assert len(response.content) > 200  # long enough that compression would apply
+    assert "Content-Encoding" not in response.headers
