@@ -13,7 +13,7 @@ import zoneinfo
 SUPPORTED_PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 
 # Import names of the project's dependencies (runtime and development), and the project's own
-# top-level directories: a package named like one of them would shadow it. The standard library is
+# top-level directories: a package named like one of them would shadow it. Python's own modules are
 # checked separately (sys.stdlib_module_names).
 RESERVED_NAMES = frozenset(
     {
@@ -95,7 +95,7 @@ def problems(answers: dict[str, object]) -> list[str]:
     elif slug in RESERVED_NAMES or slug in sys.stdlib_module_names:
         found.append(
             f"project_slug {slug!r}: must not shadow a module the project imports or one of its "
-            "directories (the standard library, Django, Daphne, Redis, config, tests, ...)"
+            "directories (Python's own modules, Django, Daphne, Redis, config, tests, ...)"
         )
     email = str(answers["email"])
     if not EMAIL.fullmatch(email):
