@@ -42,19 +42,15 @@ def local_settings(answers: dict[str, object]) -> dict[str, str]:
 
 def write_dotenv(project: Path, values: dict[str, str]) -> None:
     """.env = .env.example with `values` filled in, under a header of its own."""
-    pending = dict(values)
     example = (project / ".env.example").read_text()
     _introduction, _, settings = example.partition("\n\n")
     lines = ["# Local development settings, with secrets: never commit this file (.gitignore).", ""]
     for line in settings.splitlines():
         name = line.partition("=")[0]
-        if name in pending:
-            line = f"{name}={pending.pop(name)}"
-        lines.append(line)
-    lines.extend(f"{name}={value}" for name, value in pending.items())
+        lines.append(f"{name}={values[name]}" if name in values else line)
     dotenv = project / ".env"
+    dotenv.touch(mode=0o600)  # readable by its owner only, from the start: it holds secrets
     dotenv.write_text("\n".join(lines) + "\n")
-    dotenv.chmod(0o600)  # it holds secrets
 
 
 def next_steps(project: Path, answers: dict[str, object]) -> str:
