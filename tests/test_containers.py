@@ -10,7 +10,6 @@ from Debian packages, see tests/containers/).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from .containers.podman import (
     REDIS_IMAGE,
     Podman,
     Stack,
+    can_run_as_root,
     wait_until,
 )
 from .containers.sse import StreamReader
@@ -137,8 +137,8 @@ def test_github_files_follow_their_schemas(baked, context):
 def podman():
     require_binary("podman")
     require_binary("debootstrap", "/usr/sbin", "/sbin")
-    if os.geteuid() != 0:
-        message = "the container test needs rootful podman (run as root)"
+    if not can_run_as_root():
+        message = "the container tests run podman as root: run them as root or with sudo"
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)

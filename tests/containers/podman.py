@@ -1,5 +1,6 @@
 """A throwaway podman installation for the container tests.
 
+podman runs as root (through `sudo --non-interactive` when the tests do not).
 Everything podman creates (images, containers, volumes, networks, its DNS
 state) lives under one temporary directory, selected through
 CONTAINERS_STORAGE_CONF and CONTAINERS_CONF, and is removed by `close()`.
@@ -14,7 +15,6 @@ import configparser
 import hashlib
 import os
 import shlex
-import shutil
 import subprocess
 import tempfile
 import time
@@ -46,15 +46,35 @@ NGINX_IMAGE = "localhost/cds-test-nginx:latest"
 POSTGRES_IMAGE = "localhost/cds-test-postgres:latest"
 
 
-def attempt(args, *, env=None, timeout=120) -> subprocess.CompletedProcess:
-    """Run a command whose failure is an answer, not an error (probes, clean-up)."""
+def as_root(args, variables: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run ``args`` as root with ``variables`` set."""
+    args = [str(arg) for arg in args]
+    variables = variables or {}
+    if os.geteuid() == 0:
+        return args, {**os.environ, **variables}
+    settings = [f"{name}={value}" for name, value in variables.items()]
+    return ["sudo", "--non-interactive", "env", *settings, *args], dict(os.environ)
+
+
+def can_run_as_root() -> bool:
+    """Whether we are root, or may use sudo without a password."""
+    try:
+        return attempt(["true"]).returncode == 0
+    except FileNotFoundError:  # no sudo
+        return False
+
+
+def run_as_root(args, variables=None, *, timeout=120, cwd=None) -> subprocess.CompletedProcess:
+    """Run a command as root; a failure fails the test."""
+    command, env = as_root(args, variables)
+    return run(command, env=env, timeout=timeout, cwd=cwd)
+
+
+def attempt(args, variables=None, *, timeout=120) -> subprocess.CompletedProcess:
+    """Run a command as root; its failure is an answer, not an error (probes, clean-up)."""
+    command, env = as_root(args, variables)
     return subprocess.run(
-        [str(a) for a in args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        command, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -82,39 +102,24 @@ def base_rootfs_tarball() -> Path:
     if tarball.exists():
         return tarball
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cds-rootfs-", dir=CACHE_DIR) as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(BASE_PACKAGES)}",
-                SUITE,
-                str(rootfs),
-                mirror,
-            ],
-            timeout=600,
-        )
+    work = Path(tempfile.mkdtemp(prefix="cds-rootfs-", dir=CACHE_DIR))
+    rootfs, partial = work / "rootfs", work / "rootfs.tar"
+    try:
+        debootstrap = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}"]
+        run_as_root([*debootstrap, SUITE, rootfs, mirror], timeout=600)
         # Not needed by the tests: downloaded packages, package lists, documentation,
         # translations, and LLVM (PostgreSQL's JIT compiler, turned off in the stand-in).
-        for pattern in (
-            "var/cache/apt/archives/*.deb",
-            "var/lib/apt/lists/*_*",
-            "usr/share/doc/*",
-            "usr/share/man/*",
-            "usr/share/locale/*",
-            "usr/lib/*/libLLVM*",
-            "usr/lib/postgresql/*/lib/llvmjit*",
-            "usr/lib/postgresql/*/lib/bitcode",
-        ):
-            for path in rootfs.glob(pattern):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-        partial = Path(tmp) / "rootfs.tar"
-        run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], timeout=300)
+        unneeded = (
+            "var/cache/apt/archives/*.deb var/lib/apt/lists/*_* usr/share/doc/* usr/share/man/*"
+            " usr/share/locale/* usr/lib/*/libLLVM* usr/lib/postgresql/*/lib/llvmjit*"
+            " usr/lib/postgresql/*/lib/bitcode"
+        )
+        run_as_root(["sh", "-c", f"cd {rootfs} && rm -rf {unneeded}"])
+        run_as_root(["tar", "-C", rootfs, "-cf", partial, "."], timeout=300)
+        run_as_root(["chown", f"{os.getuid()}:{os.getgid()}", partial])
         partial.replace(tarball)
+    finally:
+        run_as_root(["rm", "-rf", work])
     return tarball
 
 
@@ -180,24 +185,23 @@ class Podman:
             f'tmp_dir = "{self.root}/tmp"\n'
         )
         self.firewall = FirewallSnapshot()
-        self.env = {
-            **os.environ,
+        self.variables = {
             "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf"),
             "CONTAINERS_CONF": str(self.root / "containers.conf"),
         }
 
     def __call__(self, *args, timeout=120) -> subprocess.CompletedProcess:
         """Run podman; a failure fails the test."""
-        return run(["podman", *map(str, args)], env=self.env, timeout=timeout)
+        return run_as_root(["podman", *args], self.variables, timeout=timeout)
 
     def attempt(self, *args, timeout=120) -> subprocess.CompletedProcess:
         """Run podman; the caller looks at the outcome."""
-        return attempt(["podman", *args], env=self.env, timeout=timeout)
+        return attempt(["podman", *args], self.variables, timeout=timeout)
 
-    def compose(self, project_dir: Path, project: str, *args, env=None, timeout=300):
-        return run(
+    def compose(self, project_dir: Path, project: str, *args, variables=None, timeout=300):
+        return run_as_root(
             [self.compose_bin, "--project-name", project, *args],
-            env={**self.env, **(env or {})},
+            {**self.variables, **(variables or {})},
             cwd=project_dir,
             timeout=timeout,
         )
@@ -261,7 +265,7 @@ class Podman:
             if network != "podman":
                 self.attempt("network", "rm", "--force", network)
                 # CNI's address allocator keeps its state outside podman's storage.
-                shutil.rmtree(Path("/var/lib/cni/networks") / network, ignore_errors=True)
+                attempt(["rm", "-rf", Path("/var/lib/cni/networks") / network])
 
     def close(self) -> None:
         """Remove everything, the images and the directory, and undo the firewall rules."""
@@ -269,9 +273,9 @@ class Podman:
             self.remove_all()
             self.attempt("system", "reset", "--force")
         finally:
-            # overlay mounts left behind would make rmtree fail.
+            # overlay mounts left behind would make rm fail.
             attempt(["umount", "--recursive", "--lazy", self.root / "graph" / "overlay"])
-            shutil.rmtree(self.root, ignore_errors=True)
+            attempt(["rm", "-rf", self.root])
             self.firewall.restore()
 
 
@@ -290,8 +294,6 @@ class FirewallSnapshot:
 
     @staticmethod
     def _rules(table: str) -> list[str]:
-        if shutil.which("iptables") is None:
-            return []
         return attempt(["iptables", "-t", table, "-S"]).stdout.splitlines()
 
     def restore(self) -> None:
@@ -388,7 +390,7 @@ class Stack:
             started.update(level)
 
     def compose(self, *args: str) -> None:
-        self.podman.compose(self.project_dir, self.name, *self.files, *args, env=self.env)
+        self.podman.compose(self.project_dir, self.name, *self.files, *args, variables=self.env)
 
     def containers(self, service: str) -> list[str]:
         """Names of the service's containers (all replicas), running or not."""
