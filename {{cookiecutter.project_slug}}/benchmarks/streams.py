@@ -648,6 +648,7 @@ class HandlerResult:
     metrics_closed: dict[str, int] | None
     paced: Fanout | None = None
     burst: Fanout | None = None
+    load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load when the run began, ended
     dropped_streams: int = 0
     unexpected_deliveries: int = 0
     problems: list[str] = field(default_factory=list)
@@ -821,6 +822,7 @@ class Bench:
 
     async def run(self) -> HandlerResult:
         options = self.options
+        load_before = os.getloadavg()[0]
         await self.warm_up()
         idle, redis_idle = self.sample(), self.redis_connections()
 
@@ -896,6 +898,7 @@ class Bench:
         result.metrics_closed = await self.metrics()
         result.closed = self.sample()
         result.redis_connections_closed = self.redis_connections()
+        result.load_average = (load_before, os.getloadavg()[0])
         return result
 
     async def aclose(self) -> None:
@@ -1047,6 +1050,7 @@ def result_rows(options: Options, result: HandlerResult) -> list[Row]:
         ),
         ("time to release all streams (s)", _number(r.close_seconds, 2), None),
         ("after close: streams/threads/RSS MB", closed, None),
+        ("machine load average, start -> end", "{:.1f} -> {:.1f}".format(*r.load_average), None),
     ]
 
 
