@@ -262,11 +262,16 @@ class ProcessSample:
 # Processes this benchmark starts
 
 
+PR_SET_PDEATHSIG = 1
+# Looked up once, in the parent: the child, forked while other threads may hold locks (asyncio's
+# resolver threads), then only calls a C function, which takes none.
+_prctl: Callable[..., int] | None = getattr(ctypes.CDLL(None), "prctl", None)
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: the kernel sends it SIGTERM if the benchmark dies."""
-    with contextlib.suppress(Exception):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -328,7 +333,6 @@ def start_service(
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            # Safe here: no other thread runs while the benchmark starts its processes.
             preexec_fn=_die_with_parent,
         )
     service = Service(name, process, port, log)
