@@ -31,7 +31,7 @@ from .containers.podman import (
     wait_until,
 )
 from .containers.sse import StreamReader
-from .helpers import free_port, in_ci, require_binary
+from .helpers import CACHE_DIR, file_lock, free_port, in_ci, require_binary
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -142,14 +142,16 @@ def podman():
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
-    sandbox = Podman(tool("podman-compose"))
-    try:
-        started = time.monotonic()
-        sandbox.build_base_images()
-        print(f"base images: {time.monotonic() - started:.1f} s")
-        yield sandbox
-    finally:
-        sandbox.close()
+    # One test session at a time: the clean-up undoes the firewall rules that appeared meanwhile.
+    with file_lock(CACHE_DIR / "podman-tests.lock"):
+        sandbox = Podman(tool("podman-compose"))
+        try:
+            started = time.monotonic()
+            sandbox.build_base_images()
+            print(f"base images: {time.monotonic() - started:.1f} s")
+            yield sandbox
+        finally:
+            sandbox.close()
 
 
 @pytest.fixture
@@ -157,7 +159,7 @@ def stack_factory(podman, tmp_path):
     stacks: list[Stack] = []
 
     def make(project: Path) -> Stack:
-        # A copy: the test writes .env and the bake is shared.
+        # A copy: the bake is shared with other tests, and the stack writes beside it.
         project_dir = tmp_path / project.name
         shutil.copytree(project, project_dir)
         image = f"localhost/{project.name}:test-{len(stacks)}"
