@@ -43,7 +43,7 @@ def tool(name: str) -> str:
 
 
 VARIANTS = [
-    {"database": database, "http_topology": topology, "ci": "github"}
+    {"database": database, "http_topology": topology}
     for database in ("sqlite", "postgresql")
     for topology in ("daphne", "daphne+gunicorn")
 ]
@@ -116,18 +116,6 @@ def test_compose_file_holds_no_secret(baked, context):
 def test_dockerfile_passes_hadolint(baked, context):
     project = baked(**context)
     subprocess.run([tool("hadolint"), project / "Dockerfile"], check=True)
-
-
-@pytest.mark.parametrize("context", VARIANTS, ids=variant_id)
-def test_github_files_follow_their_schemas(baked, context):
-    github = baked(**context) / ".github"
-    workflows = sorted((github / "workflows").glob("*.yml"))
-    assert workflows
-    check = tool("check-jsonschema")
-    subprocess.run([check, "--builtin-schema", "vendor.github-workflows", *workflows], check=True)
-    subprocess.run(
-        [check, "--builtin-schema", "vendor.dependabot", github / "dependabot.yml"], check=True
-    )
 
 
 # --- the real stack ------------------------------------------------------
