@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -30,8 +31,8 @@ from .containers.podman import (
     can_run_as_root,
     wait_until,
 )
-from .containers.sse import StreamReader
 from .helpers import CACHE_DIR, file_lock, free_port, in_ci, require_binary
+from .topology.sse import open_stream
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -215,7 +216,6 @@ def test_event_published_through_nginx_reaches_streams_on_every_replica(
     started = time.monotonic()
     stack = stack_factory(baked(database=database, http_topology=http_topology))
     base_url = f"http://127.0.0.1:{stack.env['HTTP_PORT']}"
-    readers: list[StreamReader] = []
     try:
         stack.up(scale={"asgi": 2})
         wait_until(
@@ -236,45 +236,38 @@ def test_event_published_through_nginx_reaches_streams_on_every_replica(
         replicas = stack.containers("asgi")
         assert len(replicas) == 2
         token = create_token(stack, replicas[0])
-        headers = {"Authorization": f"Token {token}", "Accept": "text/event-stream"}
+        headers = {"Authorization": f"Token {token}"}
 
-        # nginx sends each new stream to the replica with the fewest open ones.
-        for _ in replicas:
-            reader = StreamReader(f"{base_url}/api/events/stream/", headers)
-            readers.append(reader)
-            assert reader.connected.wait(15), "the stream did not open"
-            assert reader.status == 200, reader.error
-            assert reader.content_type.startswith("text/event-stream")
-        wait_until(
-            lambda: [open_streams(stack, name, token) for name in replicas] == [1, 1],
-            timeout=15,
-            message="one stream on each Daphne replica",
-        )
+        with ExitStack() as streams:
+            # nginx sends each new stream to the replica with the fewest open ones.
+            events = [streams.enter_context(open_stream(base_url, headers)) for _ in replicas]
+            wait_until(
+                lambda: [open_streams(stack, name, token) for name in replicas] == [1, 1],
+                timeout=15,
+                message="one stream on each Daphne replica",
+            )
 
-        data = {"text": "through nginx", "n": 42}
-        published = httpx.post(
-            f"{base_url}/api/events/",
-            json={"type": "message", "data": data},
-            headers={"Authorization": f"Token {token}"},
-            timeout=10,
-        )
-        assert published.status_code == 201, published.text
-        event_id = published.json()["id"]
+            data = {"text": "through nginx", "n": 42}
+            published = httpx.post(
+                f"{base_url}/api/events/",
+                json={"type": "message", "data": data},
+                headers=headers,
+                timeout=10,
+            )
+            assert published.status_code == 201, published.text
+            event_id = published.json()["id"]
 
-        for reader in readers:
-            event = reader.next_event(timeout=15)
-            assert (event.id, event.event, json.loads(event.data)) == (event_id, "message", data)
+            for stream in events:
+                event = next(stream)
+                assert (event.id, event.type, json.loads(event.data)) == (event_id, "message", data)
 
-        # Daphne gets SIGTERM (through compose's init) and exits well before
-        # podman would resort to SIGKILL.
-        stopping = time.monotonic()
-        stack.podman("stop", "--time", "20", replicas[1], timeout=60)
-        assert time.monotonic() - stopping < 15
-        assert stack.exit_code(replicas[1]) != 137
+            # Daphne gets SIGTERM (through compose's init) and exits well before podman would
+            # resort to SIGKILL, even with a stream open.
+            stopping = time.monotonic()
+            stack.podman("stop", "--time", "20", replicas[1], timeout=60)
+            assert time.monotonic() - stopping < 15
+            assert stack.exit_code(replicas[1]) != 137
     except BaseException:
         print(stack.logs())
         raise
-    finally:
-        for reader in readers:
-            reader.close()
     print(f"whole test: {time.monotonic() - started:.1f} s")
