@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -31,7 +30,7 @@ from .containers.podman import (
     can_run_as_root,
     wait_until,
 )
-from .helpers import CACHE_DIR, file_lock, free_port, in_ci, require_binary
+from .helpers import CACHE_DIR, file_lock, free_port, in_ci, require_binary, run
 from .topology.sse import open_stream
 
 VENV_BIN = Path(sys.executable).parent
@@ -59,16 +58,8 @@ def variant_id(context: dict) -> str:
 
 @pytest.mark.parametrize("context", VARIANTS, ids=variant_id)
 def test_compose_file_follows_the_compose_spec(baked, context):
-    project = baked(**context)
-    subprocess.run(
-        [
-            tool("check-jsonschema"),
-            "--builtin-schema",
-            "vendor.compose-spec",
-            project / "compose.yaml",
-        ],
-        check=True,
-    )
+    compose_file = str(baked(**context) / "compose.yaml")
+    run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", compose_file])
 
 
 @pytest.mark.parametrize("context", VARIANTS, ids=variant_id)
@@ -115,8 +106,7 @@ def test_compose_file_holds_no_secret(baked, context):
 
 @pytest.mark.parametrize("context", VARIANTS, ids=variant_id)
 def test_dockerfile_passes_hadolint(baked, context):
-    project = baked(**context)
-    subprocess.run([tool("hadolint"), project / "Dockerfile"], check=True)
+    run([tool("hadolint"), str(baked(**context) / "Dockerfile")])
 
 
 # --- the real stack ------------------------------------------------------
@@ -145,20 +135,19 @@ def podman():
 
 @pytest.fixture
 def stack_factory(podman, tmp_path):
-    stacks: list[Stack] = []
-
     def make(project: Path) -> Stack:
         # A copy: the bake is shared with other tests, and the stack writes beside it.
         project_dir = tmp_path / project.name
         shutil.copytree(project, project_dir)
-        image = f"localhost/{project.name}:test-{len(stacks)}"
+        name = f"cds{secrets.token_hex(4)}"
+        image = f"localhost/{project.name}:{name}"
         started = time.monotonic()
         podman.build_app_image(project_dir, image)
         print(f"app image: {time.monotonic() - started:.1f} s")
-        stack = Stack(
+        return Stack(
             podman,
             project_dir,
-            name=f"cds{secrets.token_hex(4)}",
+            name=name,
             env={
                 "APP_IMAGE": image,
                 "REDIS_IMAGE": REDIS_IMAGE,
@@ -168,8 +157,6 @@ def stack_factory(podman, tmp_path):
                 "HTTP_PORT": str(free_port()),
             },
         )
-        stacks.append(stack)
-        return stack
 
     yield make
     podman.remove_all()
