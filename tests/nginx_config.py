@@ -80,22 +80,27 @@ http {{
     return config
 
 
+def nginx_command(nginx: str, config: Path, *directives: str) -> list[str]:
+    """The command running nginx on a config written by nginx_config(), as any user, with its
+    pid file and logs beside the config; ``directives`` are extra global ones (``-g``)."""
+    return [
+        nginx,
+        "-p",
+        str(config.parent),
+        "-c",
+        str(config),
+        # Before it reads the config nginx opens its default error log, which only root may.
+        "-e",
+        str(config.parent / "error.log"),
+        "-g",
+        " ".join([*directives, f"pid {config.parent / 'nginx.pid'};"]),
+    ]
+
+
 def check_config(nginx: str, config: Path) -> subprocess.CompletedProcess[str]:
     """`nginx -t` on a config written by nginx_config()."""
     return subprocess.run(
-        [
-            nginx,
-            "-t",
-            "-p",
-            str(config.parent),
-            "-c",
-            str(config),
-            # Before it reads the config nginx opens its default error log, which only root may.
-            "-e",
-            str(config.parent / "error.log"),
-            "-g",
-            f"pid {config.parent / 'nginx.pid'};",
-        ],
+        [*nginx_command(nginx, config), "-t"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..helpers import free_port, project_env, require_binary, run
-from ..nginx_config import nginx_config
+from ..nginx_config import nginx_command, nginx_config
 from .processes import Server
 
 # The demo login, created with the project's own command.
@@ -101,17 +101,6 @@ def loopback_stack(
             asgi_upstreams=[f"127.0.0.1:{daphne.port}" for daphne in daphnes],
             wsgi_upstream=f"127.0.0.1:{gunicorn.port}" if gunicorn else None,
         )
-        nginx_command = [
-            require_binary("nginx", "/usr/sbin"),
-            "-p",
-            str(config.parent),
-            "-c",
-            str(config),
-            # Before it reads the config nginx opens its default error log, which only root may.
-            "-e",
-            str(config.parent / "error.log"),
-            "-g",
-            f"daemon off; pid {config.parent / 'nginx.pid'};",
-        ]
-        nginx = start("nginx", nginx_command, nginx_port)
+        command = nginx_command(require_binary("nginx", "/usr/sbin"), config, "daemon off;")
+        nginx = start("nginx", command, nginx_port)
         yield Stack(nginx, daphnes, gunicorn, token)

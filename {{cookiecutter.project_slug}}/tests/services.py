@@ -242,3 +242,10 @@ def api(server: Daphne, token: str) -> httpx.Client:
     return httpx.Client(
         base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=10
     )
+
+
+def publish(client: httpx.Client, event_type: str, data: object = None, **address: object) -> str:
+    """Publish through the REST API; returns the new event's id."""
+    response = client.post("/api/events/", json={"type": event_type, "data": data, **address})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]

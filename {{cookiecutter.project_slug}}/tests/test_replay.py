@@ -3,21 +3,14 @@
 import threading
 import time
 
-import httpx
 import pytest
 
-from .services import Daphne, LiveProject, api, daphne_server
-from .sse import open_stream
+from .services import Daphne, LiveProject, api, daphne_server, publish
+from .sse import EventStream, open_stream
 
 pytestmark = pytest.mark.timeout(90)
 
 EVENT_COUNT = 150
-
-
-def publish(client: httpx.Client, event_type: str, data: object = None, **address) -> str:
-    response = client.post("/api/events/", json={"type": event_type, "data": data, **address})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 def test_reconnects_miss_nothing_and_repeat_nothing_while_events_flow(
@@ -47,8 +40,6 @@ def test_reconnects_miss_nothing_and_repeat_nothing_while_events_flow(
             headers={"Accept": "text/event-stream"},
         )
         with resume as response:
-            from .sse import EventStream
-
             remaining = EVENT_COUNT - len(received)
             received += EventStream(response).take(remaining)
         flow.join()

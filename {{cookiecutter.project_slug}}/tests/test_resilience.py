@@ -15,17 +15,12 @@ from .services import (
     RedisServer,
     api,
     daphne_server,
+    publish,
     redis_server,
 )
 from .sse import open_stream
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def publish(client: httpx.Client, event_type: str, data: object = None, **address) -> str:
-    response = client.post("/api/events/", json={"type": event_type, "data": data, **address})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 def metrics(client: httpx.Client) -> dict[str, int]:

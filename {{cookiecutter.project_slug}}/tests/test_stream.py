@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from .services import Daphne, LiveProject, api
+from .services import Daphne, LiveProject, api, daphne_server, publish
 from .sse import Message, open_stream
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,12 +28,6 @@ def bob(server: Daphne, live_project: LiveProject) -> httpx.Client:
 def publisher(server: Daphne, live_project: LiveProject) -> httpx.Client:
     with api(server, live_project.tokens["staff"]) as client:
         yield client
-
-
-def publish(publisher: httpx.Client, event_type: str, data: object = None, **address) -> str:
-    response = publisher.post("/api/events/", json={"type": event_type, "data": data, **address})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 def publish_soon(publisher: httpx.Client, *events: tuple[str, dict]) -> threading.Thread:
@@ -209,8 +203,6 @@ def test_oversize_publish_gets_413_with_the_limit(publisher: httpx.Client) -> No
 def test_cross_origin_streams_only_for_allow_listed_origins(
     live_project: LiveProject, broker_settings: dict, tmp_path
 ) -> None:
-    from .services import daphne_server
-
     allowed = "https://app.example.com"
     with (
         daphne_server(
@@ -229,8 +221,6 @@ def test_cross_origin_streams_only_for_allow_listed_origins(
 def test_stream_ends_after_its_maximum_lifetime(
     live_project: LiveProject, broker_settings: dict, tmp_path
 ) -> None:
-    from .services import daphne_server
-
     with (
         daphne_server(
             live_project, tmp_path, EVENTS_STREAM_MAX_SECONDS="1", **broker_settings
