@@ -44,7 +44,11 @@ async def event_stream(
         replay_end = None
         if last_event_id is not None:
             replay, replay_end = await _replay(hub, channels, last_event_id)
-            yield retry + replay
+            # One chunk per event: a long replay is never one big buffer, and a client that stops
+            # reading during it is cut off like any other (see backpressure.py).
+            yield retry + replay[0]
+            for wire in replay[1:]:
+                yield wire
         else:
             yield retry + encode_comment("connected")
         async for chunk in _live(subscriber, replay_end, settings):
@@ -55,16 +59,17 @@ async def event_stream(
 
 async def _replay(
     hub: Hub, channels: frozenset[str], last_event_id: str
-) -> tuple[bytes, tuple[int, int] | None]:
+) -> tuple[list[bytes], tuple[int, int] | None]:
+    """What a resuming client missed (at least one chunk), and the id where replay ended."""
     missed = await hub.broker.events_after(last_event_id)
     if missed is None:
         latest = await hub.broker.latest_event_id()
         # Live events up to the newest in history are part of the state the client reloads.
-        return Reset(latest).wire, parse_event_id(latest) if latest else None
-    visible = [event for event in missed if event.channel in channels]
+        return [Reset(latest).wire], parse_event_id(latest) if latest else None
+    visible = [event.wire for event in missed if event.channel in channels]
     # Live events up to here were replayed, or were sent before the client reconnected.
     replay_end = missed[-1].sort_key if missed else parse_event_id(last_event_id)
-    return b"".join(event.wire for event in visible) or encode_comment("up to date"), replay_end
+    return visible or [encode_comment("up to date")], replay_end
 
 
 async def _live(
