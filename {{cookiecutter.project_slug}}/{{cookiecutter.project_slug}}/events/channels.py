@@ -43,13 +43,3 @@ def channel_for(*, user: object = None, topic: str | None = None) -> str:
     if topic is not None:
         return topic_channel(topic)
     return BROADCAST
-
-
-def is_valid_channel(channel: str) -> bool:
-    if channel == BROADCAST:
-        return True
-    if channel.startswith(_USER_PREFIX):
-        return 0 < len(channel) - len(_USER_PREFIX) <= 64 and channel.isprintable()
-    if channel.startswith(_TOPIC_PREFIX):
-        return TOPIC_NAME.fullmatch(channel[len(_TOPIC_PREFIX) :]) is not None
-    return False
