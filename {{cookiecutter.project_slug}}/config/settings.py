@@ -150,7 +150,18 @@ EVENTS_HISTORY_LENGTH = env.int("EVENTS_HISTORY_LENGTH", default=10000)
 EVENTS_MAX_PAYLOAD_BYTES = env.int("EVENTS_MAX_PAYLOAD_BYTES", default=65536)
 EVENTS_MAX_TOPICS_PER_STREAM = env.int("EVENTS_MAX_TOPICS_PER_STREAM", default=16)
 EVENTS_CLIENT_QUEUE_SIZE = env.int("EVENTS_CLIENT_QUEUE_SIZE", default=1000)
+# A client's unsent bytes may pass EVENTS_CLIENT_MAX_BACKLOG_BYTES for at most
+# EVENTS_CLIENT_SEND_TIMEOUT_SECONDS; then it is cut off and resumes by id when it reads again.
 EVENTS_CLIENT_MAX_BACKLOG_BYTES = env.int("EVENTS_CLIENT_MAX_BACKLOG_BYTES", default=1048576)
+EVENTS_CLIENT_SEND_TIMEOUT_SECONDS = env.float("EVENTS_CLIENT_SEND_TIMEOUT_SECONDS", default=10.0)
+# A silent Pub/Sub connection is PINGed after this long, and replaced if the PONG takes as long.
+EVENTS_REDIS_HEALTH_CHECK_SECONDS = env.float("EVENTS_REDIS_HEALTH_CHECK_SECONDS", default=3.0)
+# On SIGTERM (Daphne): streams end with a retry spread over this window, then the process waits
+# at most the grace period for those last bytes to leave.
+EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS = env.float(
+    "EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS", default=10.0
+)
+EVENTS_SHUTDOWN_GRACE_SECONDS = env.float("EVENTS_SHUTDOWN_GRACE_SECONDS", default=3.0)
 # 0 = streams never end on the server's initiative.
 EVENTS_STREAM_MAX_SECONDS = env.float("EVENTS_STREAM_MAX_SECONDS", default=3600.0)
 EVENTS_REDIS_PREFIX = env.str("EVENTS_REDIS_PREFIX", default="events")

@@ -63,16 +63,25 @@ def test_malformed_messages_on_redis_are_skipped_and_the_stream_goes_on(
         b'{"type": "x", "data": 1, "topic": "news"}',  # addressed elsewhere than its channel
         json.dumps({"type": "huge", "data": "x" * 70_000}).encode(),
     ]
-    with api(daphne, live_project.tokens["alice"]) as alice, open_stream(alice) as stream:
+    with (
+        api(daphne, live_project.tokens["staff"]) as staff,
+        api(daphne, live_project.tokens["alice"]) as alice,
+        open_stream(alice) as stream,
+    ):
         stream.take_all(2)  # retry, then ": connected": from here on nothing is missed
+        skipped_before = metrics(staff)["malformed"]
         client = redis.Redis.from_url(redis_service.url)
         for message in bad_messages:
             assert client.publish(channel, message) == 1
-        # What another service in any language publishes: the documented envelope, no id.
-        client.publish(channel, json.dumps({"type": "external", "data": {"from": "elsewhere"}}))
+        # What another service in any language publishes: the documented envelope, no id; an
+        # "id" field of its own is ignored (ids come from history only).
+        external = {"type": "external", "data": {"from": "elsewhere"}, "id": "99999999999999-0"}
+        client.publish(channel, json.dumps(external))
         [event] = stream.take(1)
+        skipped = metrics(staff)["malformed"] - skipped_before
     assert (event.event, event.data, event.id) == ("external", '{"from":"elsewhere"}', None)
-    assert daphne.log().count("Skipped") == len(bad_messages)
+    assert skipped == len(bad_messages)
+    assert "Skipped malformed" in daphne.log()  # warned once, not once per message
 
 
 def test_redis_restart_keeps_clients_connected_and_resets_them(
@@ -114,6 +123,7 @@ def test_client_that_stops_reading_is_disconnected_and_memory_stays_bounded(
             REDIS_URL=redis_service.url,
             EVENTS_REDIS_PREFIX=prefix,
             EVENTS_CLIENT_MAX_BACKLOG_BYTES=str(256 * 1024),
+            EVENTS_CLIENT_SEND_TIMEOUT_SECONDS="2",
         ) as daphne,
         api(daphne, live_project.tokens["staff"]) as staff,
     ):

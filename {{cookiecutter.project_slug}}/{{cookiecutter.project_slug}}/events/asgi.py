@@ -8,15 +8,23 @@ response; for a stream, as long as the client stays connected: one idle thread p
 runs the whole middleware stack and the DRF view (authentication, permissions, negotiation), on
 asgiref's single shared thread, for the few milliseconds its setup takes; then the response
 streams from the event loop and holds no thread at all.
+
+No exception may leave the application: Daphne's housekeeping (its loop that reaps finished
+requests and enforces timeouts) stops for good when it meets one from a response that had already
+started. Errors are logged here and the request ends.
 """
 
+import logging
 from typing import Any
 
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import reverse
 
-from .backpressure import Send, guard_slow_client
+from . import shutdown
+from .backpressure import ClientTooSlow, Send, StreamSend
 from .conf import event_settings
+
+logger = logging.getLogger(__name__)
 
 ASGIApp = Any  # an ASGI 3 callable: (scope, receive, send) -> awaitable
 
@@ -25,8 +33,23 @@ class EventStreamHandler(ASGIHandler):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"The event stream serves HTTP only, not {scope['type']!r}.")
-        max_unsent = event_settings().client_max_backlog_bytes
-        await self.handle(scope, receive, guard_slow_client(send, max_unsent))
+        settings = event_settings()
+        stream_send = StreamSend(
+            send,
+            max_backlog_bytes=settings.client_max_backlog_bytes,
+            send_timeout=settings.client_send_timeout_seconds,
+        )
+        shutdown.track(stream_send)
+        try:
+            await self.handle(scope, receive, stream_send)
+        except ClientTooSlow as error:
+            logger.info("Stream ended: the client is too slow (%s)", error)
+        except Exception:
+            logger.exception("Stream request ended by an error")
+            if not stream_send.response_started:
+                await _server_error(send)
+        finally:
+            shutdown.untrack(stream_send)
 
 
 class EventStreamRouter:
@@ -36,6 +59,7 @@ class EventStreamRouter:
         self._application = application
         self._stream_handler = EventStreamHandler()
         self._stream_path: str | None = None
+        shutdown.install()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self.stream_path:
@@ -49,3 +73,10 @@ class EventStreamRouter:
         if self._stream_path is None:
             self._stream_path = reverse("events:stream")
         return self._stream_path
+
+
+async def _server_error(send: Send) -> None:
+    body = b'{"detail": "Server error."}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 500, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

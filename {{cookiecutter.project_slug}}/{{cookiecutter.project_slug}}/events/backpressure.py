@@ -1,15 +1,24 @@
-"""Disconnects clients that stop reading, on servers whose ``send()`` never waits.
+"""Flow control for one stream: wait while the client drains, cut it off when it does not.
 
-Daphne accepts every chunk at once and buffers whatever the socket does not take, so a client that
-stops reading would make the server's memory grow without bound. This module finds the Twisted
-transport behind Daphne's ``send`` and aborts the connection once its unsent data passes a limit.
-The client reconnects and resumes from its ``Last-Event-ID``.
+Daphne accepts every chunk at once (``send()`` never waits) and buffers what the socket does not
+take, so without this a client that stopped reading would make the server's memory grow without
+bound. After each chunk, ``StreamSend`` reads the unsent bytes of the Twisted transport behind
+Daphne's ``send``: above ``max_backlog_bytes`` the stream waits (producing nothing more) until the
+client has taken enough; if that takes longer than ``send_timeout`` seconds, the connection is
+aborted. Unsent bytes read right after a send say nothing, since Twisted writes on a later turn of
+the event loop; waiting over time is what tells a slow client from a burst. A client at network
+speed therefore receives any burst or replay, however large, while one that stopped reading
+costs at most ``max_backlog_bytes`` (plus one chunk and the kernel's socket buffers) and is cut
+off ``send_timeout`` seconds after its backlog passed the limit.
 
-It leans on server internals, so it is kept to this module and tested against a real Daphne. On
-other servers (uvicorn, hypercorn) ``send()`` waits while the client does not read; the hub's
-bounded per-client buffer then disconnects the client instead.
+On servers whose ``send()`` waits while the client does not read (uvicorn, hypercorn), the same
+``send_timeout`` bounds each send instead.
+
+It leans on Daphne and Twisted internals, so they are kept to this module and tested against a
+real Daphne.
 """
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,6 +27,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_DRAIN_POLL_SECONDS = 0.05
+
+
+class ClientTooSlow(Exception):
+    """The client took nothing for too long; its connection was (or must be) closed."""
 
 
 class TwistedTransport:
@@ -33,38 +48,89 @@ class TwistedTransport:
     def abort(self) -> None:
         self._transport.abortConnection()
 
+    def close(self) -> None:
+        """Close once everything written has been sent."""
+        self._transport.loseConnection()
 
-def daphne_transport(send: Send) -> TwistedTransport | None:
-    """The transport of a Daphne connection, or None when ``send`` does not come from Daphne."""
+    @property
+    def connected(self) -> bool:
+        return bool(self._transport.connected)
+
+
+def daphne_connection(send: Send) -> tuple[Any, TwistedTransport] | None:
+    """Daphne's protocol and transport behind ``send``, or None when it does not come from Daphne."""
     # Daphne 4 hands applications functools.partial(server.handle_reply, protocol); the protocol
     # is Twisted's HTTP request, whose channel owns the TCP transport.
     if not isinstance(send, functools.partial) or not send.args:
         return None
-    transport = getattr(getattr(send.args[0], "channel", None), "transport", None)
-    required = ("dataBuffer", "offset", "_tempDataLen", "abortConnection")
+    protocol = send.args[0]
+    transport = getattr(getattr(protocol, "channel", None), "transport", None)
+    required = ("dataBuffer", "offset", "_tempDataLen", "abortConnection", "loseConnection")
     if transport is None or not all(hasattr(transport, name) for name in required):
         return None
-    return TwistedTransport(transport)
+    if not hasattr(protocol, "handle_reply"):
+        return None
+    return protocol, TwistedTransport(transport)
 
 
-def guard_slow_client(send: Send, max_unsent_bytes: int) -> Send:
-    """Wrap ``send`` so that a response body it cannot deliver fast enough is cut off."""
-    transport = daphne_transport(send)
-    if transport is None or max_unsent_bytes <= 0:
-        return send
+class StreamSend:
+    """The ``send`` a stream's response goes through (see the module's docstring)."""
 
-    aborted = False
+    def __init__(self, send: Send, *, max_backlog_bytes: int, send_timeout: float) -> None:
+        self._send = send
+        self._max_backlog_bytes = max_backlog_bytes
+        self._send_timeout = send_timeout
+        daphne = daphne_connection(send)
+        self._protocol, self.transport = daphne if daphne else (None, None)
+        self.response_started = False
+        self.closed = False
 
-    async def guarded_send(message: dict[str, Any]) -> None:
-        nonlocal aborted
-        await send(message)
-        if message["type"] != "http.response.body" or aborted:
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return  # ended by the server (shutdown, slow client): the rest goes nowhere
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        if self.transport is None:
+            try:
+                async with asyncio.timeout(self._send_timeout or None):
+                    await self._send(message)
+            except TimeoutError:
+                self.closed = True
+                raise ClientTooSlow(f"a send took over {self._send_timeout}s") from None
             return
-        unsent = transport.unsent_bytes()
-        if unsent > max_unsent_bytes:
-            logger.info("Disconnected a client that stopped reading (%d bytes unsent)", unsent)
-            # Daphne then reports http.disconnect, which ends the stream and frees its state.
-            transport.abort()
-            aborted = True
+        await self._send(message)
+        if message["type"] == "http.response.body" and self._max_backlog_bytes > 0:
+            await self._wait_for_drain(self.transport)
 
-    return guarded_send
+    async def _wait_for_drain(self, transport: TwistedTransport) -> None:
+        if transport.unsent_bytes() <= self._max_backlog_bytes:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._send_timeout
+        while (unsent := transport.unsent_bytes()) > self._max_backlog_bytes:
+            if loop.time() >= deadline:
+                logger.info(
+                    "Disconnected a client that stopped reading (%d bytes unsent after %.0fs)",
+                    unsent,
+                    self._send_timeout,
+                )
+                # Daphne then reports http.disconnect, which ends the stream and frees its state;
+                # until then, sends go nowhere.
+                transport.abort()
+                self.closed = True
+                return
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+
+    def finish_now(self, body: bytes) -> bool:
+        """End the response with ``body`` and close the connection at once, from synchronous code
+        (a shutdown hook). Daphne only; returns whether it was done."""
+        if self._protocol is None or self.transport is None or self.closed:
+            return False
+        if not self.response_started or not self.transport.connected:
+            return False
+        self.closed = True
+        self._protocol.handle_reply(
+            {"type": "http.response.body", "body": body, "more_body": False}
+        )
+        self.transport.close()
+        return True

@@ -16,6 +16,10 @@ class EventSettings:
     max_topics_per_stream: int
     client_queue_size: int
     client_max_backlog_bytes: int
+    client_send_timeout_seconds: float
+    redis_health_check_seconds: float
+    shutdown_reconnect_window_seconds: float
+    shutdown_grace_seconds: float
     stream_max_seconds: float
     cors_allowed_origins: tuple[str, ...]
     topic_authorizer: str
@@ -33,6 +37,12 @@ def event_settings() -> EventSettings:
         max_topics_per_stream=getattr(settings, "EVENTS_MAX_TOPICS_PER_STREAM", 16),
         client_queue_size=getattr(settings, "EVENTS_CLIENT_QUEUE_SIZE", 1_000),
         client_max_backlog_bytes=getattr(settings, "EVENTS_CLIENT_MAX_BACKLOG_BYTES", 1024 * 1024),
+        client_send_timeout_seconds=getattr(settings, "EVENTS_CLIENT_SEND_TIMEOUT_SECONDS", 10.0),
+        redis_health_check_seconds=getattr(settings, "EVENTS_REDIS_HEALTH_CHECK_SECONDS", 3.0),
+        shutdown_reconnect_window_seconds=getattr(
+            settings, "EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS", 10.0
+        ),
+        shutdown_grace_seconds=getattr(settings, "EVENTS_SHUTDOWN_GRACE_SECONDS", 3.0),
         stream_max_seconds=getattr(settings, "EVENTS_STREAM_MAX_SECONDS", 3_600.0),
         cors_allowed_origins=tuple(getattr(settings, "EVENTS_CORS_ALLOWED_ORIGINS", ())),
         topic_authorizer=getattr(

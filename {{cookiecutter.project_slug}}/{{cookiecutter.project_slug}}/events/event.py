@@ -4,8 +4,10 @@ The JSON envelope on Redis (documented in docs/events.md)::
 
     {"type": "message", "data": <any JSON>, "user": <pk or null>, "topic": <name or null>}
 
-Events published through this project also carry ``"id"``: their id in the Redis stream history.
-An event is parsed and encoded once per process; every client receiving it shares the same bytes.
+An event's id is its entry id in the history (Redis's ``XADD`` answer, or the in-process broker's
+counter); an ``"id"`` field in an envelope is ignored, so no publisher can forge where a client
+resumes. An event is parsed and encoded once per process; every client receiving it shares the
+same bytes.
 """
 
 import json
@@ -21,19 +23,23 @@ from .wire import encode_event
 EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 # Sent to a client whose missed events are gone: it should reload its state.
 RESET_TYPE = "reset"
-# Ids have the shape of Redis stream ids, "<milliseconds>-<sequence>", in both brokers.
-EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
+# Ids have the shape of Redis stream ids, "<milliseconds>-<sequence>", in both brokers: ASCII
+# digits only (``\d`` would admit other scripts' digits, which Redis refuses), each part an unsigned
+# 64-bit number.
+EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_MAX_ID_PART = 2**64 - 1
 
 
-def parse_event_id(event_id: str) -> tuple[int, int]:
+def parse_event_id(event_id: object) -> tuple[int, int]:
     """The sortable form of an id; raises InvalidEventId for an id this project never hands out."""
-    if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
+    match = EVENT_ID.fullmatch(event_id) if isinstance(event_id, str) else None
+    parts = (int(match[1]), int(match[2])) if match else None
+    if parts is None or max(parts) > _MAX_ID_PART:
         raise InvalidEventId(
-            f"Invalid event id {event_id!r}: expected '<milliseconds>-<sequence>', "
-            "as sent in the stream's 'id:' lines."
+            f"Invalid event id {str(event_id)[:64]!r}: expected '<milliseconds>-<sequence>' "
+            "(two numbers below 2**64), as sent in the stream's 'id:' lines."
         )
-    milliseconds, sequence = event_id.split("-")
-    return int(milliseconds), int(sequence)
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +95,7 @@ def make_draft(
     validate_type(event_type)
     user_pk = _primary_key(user)
     channel = channel_for(user=user_pk, topic=topic)
-    try:
-        data_json = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidEvent(f"Event data must be JSON-serializable: {error}") from error
+    data_json = _json_text(data)
     size = len(data_json.encode())
     if size > max_payload_bytes:
         raise EventTooLarge(
@@ -100,41 +103,64 @@ def make_draft(
             "(EVENTS_MAX_PAYLOAD_BYTES)."
         )
     envelope = {"type": event_type, "data": data, "user": user_pk, "topic": topic}
-    envelope_json = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
-    return Draft(type=event_type, data=data_json, channel=channel, envelope=envelope_json)
+    return Draft(type=event_type, data=data_json, channel=channel, envelope=_json_text(envelope))
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON that is also valid UTF-8 (what clients and Redis receive)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # A lone surrogate ("\ud800" in JSON) decodes to a str that has no UTF-8 form.
+        text.encode()
+    except (TypeError, ValueError) as error:  # UnicodeEncodeError is a ValueError
+        raise InvalidEvent(f"Event data must be JSON-serializable as UTF-8: {error}") from error
+    except RecursionError:
+        raise InvalidEvent("Event data is nested too deeply.") from None
+    return text
 
 
 def parse_envelope(
     raw: bytes | str, *, event_id: str | None = None, max_payload_bytes: int
 ) -> Event:
-    """Parse an envelope read from Redis; raises InvalidEvent or EventTooLarge if it is unusable."""
+    """Parse an envelope read from Redis, with the id its history entry has (None: not in history).
+
+    Raises InvalidEvent, InvalidEventId or EventTooLarge (all EventError) if it is unusable, and
+    nothing else, whatever the bytes: the feed and replay rely on that to skip what they cannot use.
+    """
     # Checked before decoding so that a huge message costs no parsing.
     if len(raw) > max_payload_bytes + 1024:
         raise EventTooLarge(
             f"Message of {len(raw)} bytes exceeds EVENTS_MAX_PAYLOAD_BYTES={max_payload_bytes}."
         )
+    if event_id is not None:
+        parse_event_id(event_id)
     try:
         envelope = json.loads(raw)
     except UnicodeDecodeError as error:
         raise InvalidEvent(f"Message is not UTF-8: {error}") from error
     except ValueError as error:
         raise InvalidEvent(f"Message is not JSON: {error}") from error
+    except RecursionError:
+        raise InvalidEvent("Message is nested too deeply.") from None
     if not isinstance(envelope, dict) or "type" not in envelope or "data" not in envelope:
         raise InvalidEvent('Message must be a JSON object with "type" and "data".')
-    event_id = envelope.get("id", event_id)
-    if event_id is not None:
-        parse_event_id(event_id)
     user = envelope.get("user")
-    if user is not None and not isinstance(user, int | str):
+    if user is not None and (not isinstance(user, int | str) or isinstance(user, bool)):
         raise InvalidEvent('"user" must be a user primary key (number or string) or null.')
     draft = make_draft(
         envelope["type"],
         envelope["data"],
         user=user,
-        topic=envelope.get("topic"),
+        topic=_optional_topic(envelope.get("topic")),
         max_payload_bytes=max_payload_bytes,
     )
     return draft.with_id(event_id)
+
+
+def _optional_topic(topic: object) -> str | None:
+    if topic is not None and not isinstance(topic, str):
+        raise InvalidEvent('"topic" must be a topic name or null.')
+    return topic
 
 
 def _primary_key(user: object) -> int | str | None:

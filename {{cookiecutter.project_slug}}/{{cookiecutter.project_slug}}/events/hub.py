@@ -84,6 +84,10 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._subscribers)
 
+    def problem(self) -> str | None:
+        """Why this process cannot deliver events right now, or None (see the feeds' problem())."""
+        return self._feed.problem()
+
     async def join(self, channels: Iterable[str], capacity: int) -> Subscriber:
         """Register a subscriber; returns once every event published afterwards will reach it."""
         subscriber = Subscriber(frozenset(channels), capacity)

@@ -9,10 +9,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .hub import running_hubs
+from .malformed import malformed_total
 
 
 class StreamMetricsView(APIView):
-    """``GET`` (staff): open streams, subscribed channels, asyncio tasks and OS threads.
+    """``GET`` (staff): open streams, subscribed channels, asyncio tasks, OS threads, malformed
+    broker messages skipped since the process started, and what keeps its feed down (or null).
 
     Each server process has its own hub: behind a load balancer, each request may reach a
     different replica. The view runs in a worker thread and only reads counters of the hubs.
@@ -28,5 +30,7 @@ class StreamMetricsView(APIView):
                 "channels": sum(hub.channel_count for _, hub in hubs),
                 "tasks": sum(len(asyncio.all_tasks(loop)) for loop, _ in hubs),
                 "threads": threading.active_count(),
+                "malformed": malformed_total(),
+                "feed_problem": "; ".join(filter(None, (hub.problem() for _, hub in hubs))) or None,
             }
         )

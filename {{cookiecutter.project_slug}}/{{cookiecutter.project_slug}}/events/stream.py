@@ -3,17 +3,22 @@
 The order of operations is what makes replay exact: the client joins the hub first (after which
 no new event can be missed), then reads history after its ``Last-Event-ID``, then sends live events,
 skipping those the replay already sent.
+
+Once the response has started, nothing can change its status: any error ends the stream with a
+comment and a log line, and the client reconnects with its ``Last-Event-ID``.
 """
 
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container, Iterable
 
+from . import shutdown
+from .broker.base import Broker, HistoryGap
 from .conf import EventSettings
 from .event import Event, parse_event_id
 from .exceptions import BrokerUnavailable
-from .hub import Hub, Reset, Subscriber, get_hub
+from .hub import Reset, Subscriber, get_hub
 from .wire import HEARTBEAT, encode_comment, encode_retry
 
 logger = logging.getLogger(__name__)
@@ -21,6 +26,8 @@ logger = logging.getLogger(__name__)
 # Streams end a little before their maximum lifetime, at random, so that clients of a replica
 # reconnect spread out in time and rebalance across replicas.
 _LIFETIME_JITTER = 0.1
+# Live events waiting for a client are written in chunks of about this size, never one big copy.
+_CHUNK_BYTES = 64 * 1024
 
 
 async def event_stream(
@@ -28,6 +35,9 @@ async def event_stream(
     last_event_id: str | None,
     settings: EventSettings,
 ) -> AsyncIterator[bytes]:
+    if shutdown.is_draining():
+        yield shutdown.goodbye(settings)
+        return
     # Looked up here, not by the caller: the view runs in a worker thread, and the hub belongs to
     # the event loop that iterates this generator.
     hub = get_hub()
@@ -41,35 +51,64 @@ async def event_stream(
     # Nothing is sent before the client is subscribed: Daphne sends the response headers with the
     # first chunk, so a browser's "open" means that no event published afterwards can be missed.
     try:
-        replay_end = None
-        if last_event_id is not None:
-            replay, replay_end = await _replay(hub, channels, last_event_id)
-            # One chunk per event: a long replay is never one big buffer, and a client that stops
-            # reading during it is cut off like any other (see backpressure.py).
-            yield retry + replay[0]
-            for wire in replay[1:]:
-                yield wire
-        else:
-            yield retry + encode_comment("connected")
-        async for chunk in _live(subscriber, replay_end, settings):
+        async for chunk in _stream(hub.broker, subscriber, last_event_id, settings, retry):
             yield chunk
+    except Exception:
+        # Never a hung request: the client learns that the stream ended, and resumes by id.
+        logger.exception("Stream ended by an error")
+        yield encode_comment("server error, reconnect")
     finally:
         await hub.leave(subscriber)
 
 
-async def _replay(
-    hub: Hub, channels: frozenset[str], last_event_id: str
-) -> tuple[list[bytes], tuple[int, int] | None]:
-    """What a resuming client missed (at least one chunk), and the id where replay ended."""
-    missed = await hub.broker.events_after(last_event_id)
-    if missed is None:
-        latest = await hub.broker.latest_event_id()
-        # Live events up to the newest in history are part of the state the client reloads.
-        return [Reset(latest).wire], parse_event_id(latest) if latest else None
-    visible = [event.wire for event in missed if event.channel in channels]
-    # Live events up to here were replayed, or were sent before the client reconnected.
-    replay_end = missed[-1].sort_key if missed else parse_event_id(last_event_id)
-    return visible or [encode_comment("up to date")], replay_end
+async def _stream(
+    broker: Broker,
+    subscriber: Subscriber,
+    last_event_id: str | None,
+    settings: EventSettings,
+    retry: bytes,
+) -> AsyncIterator[bytes]:
+    replay_end = None
+    if last_event_id is None:
+        yield retry + encode_comment("connected")
+    else:
+        replay = Replay(broker, subscriber.channels, last_event_id)
+        first = True
+        async for wire in replay.chunks():
+            yield retry + wire if first else wire
+            first = False
+        if first:
+            yield retry + encode_comment("up to date")
+        replay_end = replay.end
+    async for chunk in _live(subscriber, replay_end, settings):
+        yield chunk
+
+
+class Replay:
+    """What a resuming client missed, one event per chunk, read from history a page at a time.
+
+    The stream's send waits while the client has not taken what was sent (``backpressure.py``),
+    so a replay holds one page of history in memory, however long it is.
+    """
+
+    def __init__(self, broker: Broker, channels: Container[str], after: str) -> None:
+        self._broker = broker
+        self._channels = channels
+        self._after = after
+        # Live events up to here were replayed, or were sent before the client reconnected.
+        self.end: tuple[int, int] | None = parse_event_id(after)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for last_id, events in self._broker.history_after(self._after, self._channels):
+                for event in events:
+                    yield event.wire
+                self.end = parse_event_id(last_id)
+        except HistoryGap:
+            latest = await self._broker.latest_event_id()
+            # Live events up to the newest in history are part of the state the client reloads.
+            self.end = parse_event_id(latest) if latest else None
+            yield Reset(latest).wire
 
 
 async def _live(
@@ -93,10 +132,23 @@ async def _live(
             continue
         if replay_end is not None:
             batch, replay_end = _skip_replayed(batch, replay_end)
-        chunk = b"".join(item.wire for item in batch)
-        if chunk:
+        for chunk in _chunks(item.wire for item in batch):
             yield chunk
     logger.info("Disconnected a client that fell %d events behind", settings.client_queue_size)
+
+
+def _chunks(wires: Iterable[bytes]) -> Iterable[bytes]:
+    """Join small events into chunks of about _CHUNK_BYTES: few writes, no large copies."""
+    parts: list[bytes] = []
+    size = 0
+    for wire in wires:
+        parts.append(wire)
+        size += len(wire)
+        if size >= _CHUNK_BYTES:
+            yield b"".join(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 def _skip_replayed(
@@ -105,7 +157,7 @@ def _skip_replayed(
     """Drop live events the replay already sent; after the first newer one, stop checking."""
     kept: list[Event | Reset] = []
     for index, item in enumerate(batch):
-        if isinstance(item, Reset) or item.id is None:
+        if isinstance(item, Reset) or item.sort_key is None:
             kept.append(item)
         elif item.sort_key > replay_end:
             return kept + batch[index:], None

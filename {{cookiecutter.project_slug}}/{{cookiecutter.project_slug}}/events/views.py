@@ -15,6 +15,7 @@ from .channels import BROADCAST, topic_channel, user_channel, validate_topic
 from .conf import event_settings
 from .event import parse_event_id
 from .exceptions import BrokerUnavailable, EventTooLarge, InvalidEvent, InvalidEventId
+from .parsers import EventJSONParser
 from .permissions import CanPublishEvents
 from .publish import publish
 from .renderers import EventStreamRenderer
@@ -95,9 +96,10 @@ def _allow_listed_origin(request: Request, response: HttpResponseBase) -> None:
 
 
 class PublishEventView(APIView):
-    """``POST``: publish an event; answers 201 with its id."""
+    """``POST``: publish an event; answers 201 with its id, or 4xx/503 with a reason."""
 
     permission_classes = [IsAuthenticated, CanPublishEvents]
+    parser_classes = [EventJSONParser]
 
     def post(self, request: Request) -> Response:
         serializer = PublishEventSerializer(data=request.data)
@@ -109,6 +111,8 @@ class PublishEventView(APIView):
             )
         except EventTooLarge as error:
             return Response({"detail": str(error)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        except InvalidEvent as error:  # what only serializing reveals, e.g. a lone surrogate
+            return Response({"detail": str(error)}, status=status.HTTP_400_BAD_REQUEST)
         except BrokerUnavailable as error:
             return Response({"detail": str(error)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"id": event.id}, status=status.HTTP_201_CREATED)

@@ -11,8 +11,10 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
+from ..events import shutdown
 from ..events.broker import get_broker
 from ..events.exceptions import BrokerUnavailable
+from ..events.hub import running_hubs
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +28,27 @@ def check_broker() -> None:
     get_broker().check()
 
 
+def check_feed() -> None:
+    """This process's live subscription delivers (a process without streams has none yet)."""
+    problems = [problem for _, hub in running_hubs() if (problem := hub.problem())]
+    if problems:
+        raise NotReady("; ".join(problems))
+
+
+def check_accepting() -> None:
+    if shutdown.is_draining():
+        raise NotReady("shutting down")
+
+
+class NotReady(Exception):
+    pass
+
+
 READINESS_CHECKS: dict[str, Callable[[], None]] = {
     "database": check_database,
     "broker": check_broker,
+    "feed": check_feed,
+    "accepting": check_accepting,
 }
 
 
@@ -51,7 +71,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
 def _outcome(name: str, check: Callable[[], None]) -> str:
     try:
         check()
-    except (DatabaseError, BrokerUnavailable):
+    except (DatabaseError, BrokerUnavailable, NotReady):
         logger.warning("Readiness check %r failed", name, exc_info=True)
         return "error"
     return "ok"

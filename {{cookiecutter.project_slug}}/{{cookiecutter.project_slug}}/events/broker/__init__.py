@@ -17,11 +17,18 @@ def get_broker() -> Broker:
         settings.redis_prefix,
         settings.history_length,
         settings.max_payload_bytes,
+        settings.redis_health_check_seconds,
     )
 
 
 @lru_cache(maxsize=4)
-def _broker(redis_url: str, prefix: str, history_length: int, max_payload_bytes: int) -> Broker:
+def _broker(
+    redis_url: str,
+    prefix: str,
+    history_length: int,
+    max_payload_bytes: int,
+    health_check_seconds: float,
+) -> Broker:
     # Cached per configuration: one broker (and one set of connections) per process.
     if redis_url:
         return RedisBroker(
@@ -29,5 +36,6 @@ def _broker(redis_url: str, prefix: str, history_length: int, max_payload_bytes:
             prefix=prefix,
             history_length=history_length,
             max_payload_bytes=max_payload_bytes,
+            health_check_seconds=health_check_seconds,
         )
     return InMemoryBroker(history_length)

@@ -5,9 +5,14 @@ Two implementations: ``RedisBroker`` (any number of processes and hosts) and ``I
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Container
 from typing import Protocol
 
 from ..event import Draft, Event
+
+
+class HistoryGap(Exception):
+    """History no longer holds the event to resume after (trimmed, or Redis lost its data)."""
 
 
 class FeedSink(Protocol):
@@ -25,10 +30,15 @@ class Feed(ABC):
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:
-        """Start receiving ``channel``; returns once no event published later can be missed."""
+        """Start receiving ``channel``; returns once no event published later can be missed.
+        Raises BrokerUnavailable if that cannot be done in time."""
 
     @abstractmethod
     async def unsubscribe(self, channel: str) -> None: ...
+
+    @abstractmethod
+    def problem(self) -> str | None:
+        """Why the feed cannot deliver right now (disconnected, restarting), or None if it can."""
 
     @abstractmethod
     async def aclose(self) -> None: ...
@@ -43,9 +53,13 @@ class Broker(ABC):
     async def apublish(self, draft: Draft) -> Event: ...
 
     @abstractmethod
-    async def events_after(self, event_id: str) -> list[Event] | None:
-        """Every stored event after ``event_id`` in order, or None if ``event_id`` is not in history
-        (trimmed away or never issued), in which case the caller cannot be brought up to date."""
+    def history_after(
+        self, event_id: str | None, channels: Container[str] | None = None
+    ) -> AsyncIterator[tuple[str, list[Event]]]:
+        """The stored events after ``event_id`` (None: from the oldest), in order, page by page:
+        ``(id of the page's last entry, its events on channels (all if None))``. A page may hold
+        no events; only the current page is in memory. Raises HistoryGap if ``event_id`` is not
+        (or no longer) in history, and BrokerUnavailable."""
 
     @abstractmethod
     async def latest_event_id(self) -> str | None:

@@ -5,12 +5,17 @@ so it is only right for a single server process (``runserver`` or one Daphne).
 """
 
 import asyncio
+import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Container
 
 from ..event import Draft, Event, parse_event_id
-from .base import Broker, Feed, FeedSink
+from .base import Broker, Feed, FeedSink, HistoryGap
+
+# Replay hands out history in pages of this many events, yielding to the event loop in between.
+HISTORY_PAGE_SIZE = 50
 
 
 class InMemoryBroker(Broker):
@@ -33,13 +38,34 @@ class InMemoryBroker(Broker):
     async def apublish(self, draft: Draft) -> Event:
         return self.publish(draft)
 
-    async def events_after(self, event_id: str) -> list[Event] | None:
-        after = parse_event_id(event_id)
-        with self._lock:
-            history = list(self._history)
-        for index, event in enumerate(history):
+    async def history_after(
+        self, event_id: str | None, channels: Container[str] | None = None
+    ) -> AsyncIterator[tuple[str, list[Event]]]:
+        after = None if event_id is None else parse_event_id(event_id)
+        while True:
+            with self._lock:
+                page = self._page_after(after)
+            if page is None:
+                raise HistoryGap(event_id)
+            if not page:
+                return
+            last = page[-1]
+            assert last.id is not None  # stored events have ids
+            after = parse_event_id(last.id)
+            yield (
+                last.id,
+                [event for event in page if channels is None or event.channel in channels],
+            )
+            await asyncio.sleep(0)
+
+    def _page_after(self, after: tuple[int, int] | None) -> list[Event] | None:
+        """Up to a page of events after ``after`` (None: the oldest); None if it is not in history."""
+        if after is None:
+            return list(itertools.islice(self._history, HISTORY_PAGE_SIZE))
+        for index, event in enumerate(self._history):
             if event.sort_key == after:
-                return history[index + 1 :]
+                stop = index + 1 + HISTORY_PAGE_SIZE
+                return list(itertools.islice(self._history, index + 1, stop))
         return None
 
     async def latest_event_id(self) -> str | None:
@@ -86,6 +112,9 @@ class _MemoryFeed(Feed):
     async def unsubscribe(self, channel: str) -> None:
         with self._broker._lock:
             self.channels.discard(channel)
+
+    def problem(self) -> None:
+        return None  # nothing to lose a connection to
 
     async def aclose(self) -> None:
         self._broker._forget(self)

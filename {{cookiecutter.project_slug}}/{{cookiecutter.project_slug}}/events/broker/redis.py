@@ -2,60 +2,68 @@
 
 Publishing runs one Lua script that appends the event to the stream (XADD with MAXLEN) and
 publishes it with its new id, atomically: Pub/Sub order is history order, so a client can switch
-from replay to live delivery without a gap or a duplicate.
+from replay to live delivery without a gap or a duplicate. The script publishes
+``<id>\\n<envelope>``; a message that is a bare envelope (published by another service) has no id.
 
-Each process opens one Pub/Sub connection, shared by all of its clients, and subscribes only to
-the channels its clients need. After a lost connection it reconnects with backoff and replays what
-it missed from the stream; if that is gone too, it tells its clients to reset.
+Each process opens one Pub/Sub connection, shared by all of its clients (``redis_feed.py``).
 """
 
 import asyncio
-import contextlib
-import logging
-import random
 import weakref
-from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Container
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..event import Draft, Event, parse_envelope, parse_event_id
 from ..exceptions import BrokerUnavailable, EventError
-from .base import Broker, Feed, FeedSink
-
-logger = logging.getLogger(__name__)
+from ..malformed import report_malformed
+from .base import Broker, Feed, FeedSink, HistoryGap
+from .redis_feed import RedisFeed
 
 _PUBLISH = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'envelope', ARGV[3])
-redis.call('PUBLISH', ARGV[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[3], 2))
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'channel', ARGV[4], 'envelope', ARGV[3])
+redis.call('PUBLISH', ARGV[2], id .. '\\n' .. ARGV[3])
 return id
 """
 # Connections are few and long-lived; failures should surface fast so that callers see them.
+# No retries: redis-py would send a command again after a lost reply, and the publish script is not
+# idempotent (two ids for one event). Publishing is at most once per call; the feed reconnects by
+# itself and catches up from history.
 _CONNECTION_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 2,
+    "socket_timeout": 5,
     "socket_keepalive": True,
-    "retry": Retry(NoBackoff(), 1),
 }
 # Replays and async publishes share a small pool: connections stay constant however many
 # clients connect; a burst of reconnecting clients waits for a free connection instead.
 _POOL_SIZE = 8
-_SUBSCRIBE_TIMEOUT_SECONDS = 10.0
-_READ_TIMEOUT_SECONDS = 5.0
-_BACKOFF_FIRST_SECONDS = 0.2
-_BACKOFF_MAX_SECONDS = 10.0
+# Replay reads history in pages of this many entries: the memory a resuming client holds.
+HISTORY_PAGE_SIZE = 50
 
 
 class RedisBroker(Broker):
-    def __init__(self, url: str, *, prefix: str, history_length: int, max_payload_bytes: int):
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        history_length: int,
+        max_payload_bytes: int,
+        health_check_seconds: float,
+    ):
         self._url = url
         self._prefix = prefix
         self._history_key = f"{prefix}:history"
         self._history_length = history_length
-        self._max_payload_bytes = max_payload_bytes
-        self._client = redis.Redis.from_url(url, socket_timeout=5, **_CONNECTION_OPTIONS)
+        self.max_payload_bytes = max_payload_bytes
+        self.health_check_seconds = health_check_seconds
+        self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS)
         self._publish_script = self._client.register_script(_PUBLISH)
         # redis.asyncio clients belong to the event loop that created them.
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
@@ -72,7 +80,11 @@ class RedisBroker(Broker):
         client = self._async_clients.get(loop)
         if client is None:
             pool = aioredis.BlockingConnectionPool.from_url(
-                self._url, max_connections=_POOL_SIZE, timeout=10, **_CONNECTION_OPTIONS
+                self._url,
+                max_connections=_POOL_SIZE,
+                timeout=10,
+                retry=AsyncRetry(NoBackoff(), 0),
+                **_CONNECTION_OPTIONS,
             )
             client = self._async_clients[loop] = aioredis.Redis(connection_pool=pool)
         return client
@@ -83,6 +95,7 @@ class RedisBroker(Broker):
             self._history_length,
             self.pubsub_channel(draft.channel),
             draft.envelope,
+            draft.channel,
         ]
         return keys, args
 
@@ -91,40 +104,50 @@ class RedisBroker(Broker):
         try:
             event_id = self._publish_script(keys=keys, args=args)
         except redis.RedisError as error:
-            raise BrokerUnavailable(
-                f"Event not published: Redis is unavailable ({error})."
-            ) from error
+            raise _not_published(error) from error
         return draft.with_id(event_id.decode())
 
     async def apublish(self, draft: Draft) -> Event:
         keys, args = self._publish_args(draft)
         client = self.async_client()
         try:
-            event_id = await client.evalsha(self._publish_script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            event_id = await client.eval(_PUBLISH, len(keys), *keys, *args)
+            try:
+                event_id = await client.evalsha(self._publish_script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # not run: safe to send it in full
+                event_id = await client.eval(_PUBLISH, len(keys), *keys, *args)
         except redis.RedisError as error:
-            raise BrokerUnavailable(
-                f"Event not published: Redis is unavailable ({error})."
-            ) from error
+            raise _not_published(error) from error
         return draft.with_id(event_id.decode())
 
-    async def events_after(self, event_id: str | None) -> list[Event] | None:
+    async def history_after(
+        self, event_id: str | None, channels: Container[str] | None = None
+    ) -> AsyncIterator[tuple[str, list[Event]]]:
         client = self.async_client()
-        try:
-            if event_id is None:
-                entries = await client.xrange(self._history_key, "-", "+")
-            else:
-                parse_event_id(event_id)
+        start = "-"
+        if event_id is not None:
+            parse_event_id(event_id)
+            start = f"({event_id}"
+        while True:
+            try:
+                # The anchor is checked with every page: if history was trimmed past it while a
+                # slow client read the previous page, entries may be gone.
                 async with client.pipeline(transaction=True) as pipe:
-                    pipe.xrange(self._history_key, event_id, event_id)
-                    pipe.xrange(self._history_key, f"({event_id}", "+")
-                    anchor, entries = await pipe.execute()
-                if not anchor:
-                    return None
-        except redis.RedisError as error:
-            raise BrokerUnavailable(f"Event history unavailable: {error}") from error
-        return [event for event in map(self._history_event, entries) if event is not None]
+                    if event_id is not None:
+                        pipe.xrange(self._history_key, event_id, event_id)
+                    pipe.xrange(self._history_key, start, "+", count=HISTORY_PAGE_SIZE)
+                    *anchor, entries = await pipe.execute()
+            except redis.RedisError as error:
+                raise BrokerUnavailable(f"Event history unavailable: {error}") from error
+            if anchor and not anchor[0]:
+                raise HistoryGap(event_id)
+            if not entries:
+                return
+            event_id = entries[-1][0].decode()
+            start = f"({event_id}"
+            page = [self._history_event(entry, channels) for entry in entries]
+            yield event_id, [event for event in page if event is not None]
+            if len(entries) < HISTORY_PAGE_SIZE:
+                return
 
     async def latest_event_id(self) -> str | None:
         try:
@@ -133,20 +156,34 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return entries[0][0].decode() if entries else None
 
-    def _history_event(self, entry: tuple[bytes, dict[bytes, bytes]]) -> Event | None:
+    def _history_event(
+        self, entry: tuple[bytes, dict[bytes, bytes]], channels: Container[str] | None
+    ) -> Event | None:
+        """The entry as an event, or None if the reader may not see it or it is unusable."""
         entry_id, fields = entry
+        channel = fields.get(b"channel")
+        # Entries carry their channel: most of a replay is skipped without parsing JSON.
+        channel_name = None if channel is None else channel.decode(errors="replace")
+        if channels is not None and channel_name is not None and channel_name not in channels:
+            return None
         try:
-            return parse_envelope(
+            event = parse_envelope(
                 fields.get(b"envelope", b""),
-                event_id=entry_id.decode(),
-                max_payload_bytes=self._max_payload_bytes,
+                event_id=entry_id.decode(errors="replace"),
+                max_payload_bytes=self.max_payload_bytes,
             )
         except EventError as error:
-            logger.warning("Skipped malformed event %s in history: %s", entry_id, error)
+            report_malformed("history entry", entry_id, error)
             return None
+        if channel_name is not None and event.channel != channel_name:
+            report_malformed(
+                "history entry", entry_id, f"addressed elsewhere than {channel_name!r}"
+            )
+            return None
+        return event if channels is None or event.channel in channels else None
 
     def open_feed(self, sink: FeedSink) -> Feed:
-        return _RedisFeed(self, sink, max_payload_bytes=self._max_payload_bytes)
+        return RedisFeed(self, sink)
 
     def check(self) -> None:
         try:
@@ -156,136 +193,10 @@ class RedisBroker(Broker):
 
 
 def _not_published(error: redis.RedisError) -> BrokerUnavailable:
+    if isinstance(error, redis.TimeoutError):
+        # The script may have run: the reply is what was lost. Never sent again on our own.
+        return BrokerUnavailable(
+            f"Redis did not answer in time ({error}): the event may or may not have been "
+            "published. Publish it again only if duplicates are acceptable."
+        )
     return BrokerUnavailable(f"Event not published: Redis is unavailable ({error}).")
-
-
-class _RedisFeed(Feed):
-    def __init__(self, broker: RedisBroker, sink: FeedSink, *, max_payload_bytes: int) -> None:
-        self._broker = broker
-        self._sink = sink
-        self._max_payload_bytes = max_payload_bytes
-        self._channels: set[str] = set()
-        self._confirmations: defaultdict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
-        self._pubsub: aioredis.client.PubSub | None = None
-        self._connected = asyncio.Event()
-        # The newest event this process has seen: where to resume after a lost connection.
-        self._last_id: str | None = None
-        self._last_key: tuple[int, int] | None = None
-        self._reader = asyncio.create_task(self._read_forever(), name="events-redis-feed")
-
-    async def subscribe(self, channel: str) -> None:
-        confirmed = asyncio.get_running_loop().create_future()
-        self._confirmations[channel].append(confirmed)
-        self._channels.add(channel)
-        try:
-            async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_SECONDS):
-                await self._connected.wait()
-                if channel not in self._channels:
-                    return  # its only subscriber left while Redis was unreachable
-                # On failure the reader reconnects and subscribes every wanted channel again.
-                with contextlib.suppress(redis.RedisError):
-                    await self._pubsub.subscribe(self._broker.pubsub_channel(channel))
-                await confirmed
-        except TimeoutError:
-            self._channels.discard(channel)
-            raise BrokerUnavailable("Could not subscribe: Redis is unavailable.") from None
-        finally:
-            if not confirmed.done():
-                confirmed.cancel()
-
-    async def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
-        if self._pubsub is not None and self._connected.is_set():
-            # On failure, the next connection subscribes only to the channels still wanted.
-            with contextlib.suppress(redis.RedisError):
-                await self._pubsub.unsubscribe(self._broker.pubsub_channel(channel))
-
-    async def aclose(self) -> None:
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-
-    async def _read_forever(self) -> None:
-        delay = _BACKOFF_FIRST_SECONDS
-        reconnecting = False
-        while True:
-            pubsub = self._broker.async_client().pubsub()
-            try:
-                await self._connect(pubsub, reconnecting)
-                delay = _BACKOFF_FIRST_SECONDS
-                while True:
-                    message = await pubsub.get_message(timeout=_READ_TIMEOUT_SECONDS)
-                    if message is not None:
-                        self._handle(message)
-            except (redis.RedisError, OSError, BrokerUnavailable) as error:
-                logger.warning("Event feed lost Redis (%s); retrying in %.1fs", error, delay)
-            finally:
-                self._connected.clear()
-                self._pubsub = None
-                await pubsub.aclose()
-            reconnecting = True
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, _BACKOFF_MAX_SECONDS)
-
-    async def _connect(self, pubsub: aioredis.client.PubSub, reconnecting: bool) -> None:
-        await pubsub.connect()
-        channels = [self._broker.pubsub_channel(channel) for channel in self._channels]
-        if channels:
-            await pubsub.subscribe(*channels)
-        if reconnecting:
-            await self._catch_up()
-        elif self._last_id is None:
-            self._remember(await self._broker.latest_event_id())
-        self._pubsub = pubsub
-        self._connected.set()
-        if reconnecting:
-            logger.info("Event feed reconnected to Redis")
-
-    async def _catch_up(self) -> None:
-        """Deliver what was published while the connection was down, or make clients reset."""
-        missed = await self._broker.events_after(self._last_id)
-        if missed is None:
-            logger.warning("Events after %s are no longer in history; clients reset", self._last_id)
-            self._last_id = self._last_key = None
-            latest = await self._broker.latest_event_id()
-            self._remember(latest)
-            self._sink.lost_events(latest)
-            return
-        for event in missed:
-            if event.channel in self._channels:
-                self._sink.deliver(event)
-            self._remember(event.id)
-
-    def _remember(self, event_id: str | None) -> None:
-        if event_id is not None:
-            self._last_id, self._last_key = event_id, parse_event_id(event_id)
-
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "subscribe":
-            waiters = self._confirmations.get(self._broker.channel_of(message["channel"]))
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
-        elif kind == "message":
-            self._handle_event(message["channel"], message["data"])
-
-    def _handle_event(self, pubsub_channel: bytes, payload: bytes) -> None:
-        channel = self._broker.channel_of(pubsub_channel)
-        try:
-            event = parse_envelope(payload, max_payload_bytes=self._max_payload_bytes)
-        except EventError as error:
-            logger.warning("Skipped malformed event on %r: %s", channel, error)
-            return
-        if event.channel != channel:
-            logger.warning(
-                "Skipped event addressed to %r but published on %r", event.channel, channel
-            )
-            return
-        if event.id is not None:
-            key = event.sort_key
-            if self._last_key is not None and key <= self._last_key:
-                return  # already delivered while catching up after a reconnect
-            self._last_id, self._last_key = event.id, key
-        self._sink.deliver(event)

@@ -43,8 +43,8 @@ def test_apublish_stores_events_in_redis_history(redis_url: str) -> None:
     async def scenario() -> tuple[str, list[str]]:
         first = await apublish("note", 1, topic="news")
         second = await apublish("note", 2)
-        after = await get_broker().events_after(first.id)
-        return second.id, [event.id for event in after]
+        history = get_broker().history_after(first.id)
+        return second.id, [event.id async for _, page in history for event in page]
 
     with override_settings(REDIS_URL=redis_url, EVENTS_REDIS_PREFIX="test-apublish"):
         second_id, ids_after_first = asyncio.run(scenario())
@@ -74,6 +74,9 @@ class RecordingFeed(Feed):
 
     async def unsubscribe(self, channel: str) -> None:
         self.calls.append(("unsubscribe", channel))
+
+    def problem(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         pass

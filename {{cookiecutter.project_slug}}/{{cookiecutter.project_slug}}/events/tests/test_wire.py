@@ -79,28 +79,51 @@ def test_oversize_data_is_refused_with_both_sizes() -> None:
         b'{"type": "note"}',
         b'{"type": "bad type", "data": 1}',
         b'{"type": "note", "data": 1, "user": [1]}',
-        b'{"type": "note", "data": 1, "id": "nope"}',
-        b'{"type": "note", "data": "' + b"x" * 5000 + b'"}',
+        b'{"type": "note", "data": 1, "user": true}',
+        b'{"type": "note", "data": 1, "topic": 5}',
+        b'{"type": "note", "data": "\\ud800"}',
+        b'{"type": "note", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"type": "note", "data": "' + b"x" * 400_000 + b'"}',
     ],
 )
 def test_malformed_envelopes_are_rejected(raw: bytes) -> None:
     with pytest.raises((InvalidEvent, InvalidEventId, EventTooLarge)):
-        parse_envelope(raw, max_payload_bytes=1000)
+        parse_envelope(raw, max_payload_bytes=300_000)
 
 
-def test_envelope_with_id_round_trips() -> None:
-    event = parse_envelope(
-        b'{"id": "5-1", "type": "note", "data": {"k": "v"}, "user": 7, "topic": null}',
-        max_payload_bytes=1000,
-    )
+def test_the_id_comes_from_history_and_never_from_the_envelope() -> None:
+    raw = b'{"id": "99999999999999-0", "type": "note", "data": {"k": "v"}, "user": 7}'
+    assert parse_envelope(raw, max_payload_bytes=1000).id is None
+    event = parse_envelope(raw, event_id="5-1", max_payload_bytes=1000)
     assert (event.id, event.channel, event.data) == ("5-1", "user.7", '{"k":"v"}')
     assert event.wire == b'id: 5-1\nevent: note\ndata: {"k":"v"}\n\n'
+    with pytest.raises(InvalidEventId):
+        parse_envelope(raw, event_id="nope", max_payload_bytes=1000)
 
 
-@pytest.mark.parametrize("bad", ["", "1", "1-", "-1", "a-1", "1-1-1", "1-0\n"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "1",
+        "1-",
+        "-1",
+        "a-1",
+        "1-1-1",
+        "1-0\n",
+        "\u0661-0",  # an Arabic-Indic digit: a digit to Python, not to Redis
+        "18446744073709551616-0",  # 2**64
+        "0-18446744073709551616",
+        "123456789012345678901-0",
+    ],
+)
 def test_event_ids_have_one_shape(bad: str) -> None:
     with pytest.raises(InvalidEventId):
         parse_event_id(bad)
+
+
+def test_event_ids_cover_the_whole_range_redis_accepts() -> None:
+    assert parse_event_id("18446744073709551615-18446744073709551615") == (2**64 - 1, 2**64 - 1)
 
 
 def test_event_ids_sort_numerically() -> None:
