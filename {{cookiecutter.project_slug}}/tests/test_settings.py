@@ -6,6 +6,7 @@ the variables the case gives: nothing from this machine's environment or .env ta
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,20 @@ def test_responses_are_never_compressed(client) -> None:
     assert response.status_code == 200
     assert len(response.content) > 200  # long enough that compression would apply
     assert "Content-Encoding" not in response.headers
+
+
+def test_every_event_setting_is_documented_and_listed_in_env_example() -> None:
+    """A setting nobody can find is a setting nobody sets: each EVENTS_* variable that
+    config/settings.py reads is in .env.example and in the settings table of docs/events.md."""
+    source = (PROJECT_DIR / "config" / "settings.py").read_text()
+    from_environment = set(re.findall(r'env\.\w+\(\s*"(EVENTS_[A-Z_]+)"', source))
+    all_settings = set(re.findall(r"^(EVENTS_[A-Z_]+) =", source, re.MULTILINE))
+    env_example = (PROJECT_DIR / ".env.example").read_text()
+    documented = set(re.findall(r"^\| `(EVENTS_[A-Z_]+)` \|", _docs("events.md"), re.MULTILINE))
+    assert len(from_environment) > 10
+    assert {name for name in from_environment if f"\n{name}=" not in env_example} == set()
+    assert all_settings - documented == set()
+
+
+def _docs(name: str) -> str:
+    return (PROJECT_DIR / "docs" / name).read_text()
