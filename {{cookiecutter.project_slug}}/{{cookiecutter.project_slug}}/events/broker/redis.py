@@ -123,29 +123,27 @@ class RedisBroker(Broker):
         self, event_id: str | None, channels: Container[str] | None = None
     ) -> AsyncIterator[tuple[str, list[Event]]]:
         client = self.async_client()
-        start = "-"
-        if event_id is not None:
-            parse_event_id(event_id)
-            start = f"({event_id}"
+        anchor = None if event_id is None else parse_event_id(event_id)
+        start = "-" if event_id is None else event_id
         while True:
             try:
-                # The anchor is checked with every page: if history was trimmed past it while a
-                # slow client read the previous page, entries may be gone.
-                async with client.pipeline(transaction=True) as pipe:
-                    if event_id is not None:
-                        pipe.xrange(self._history_key, event_id, event_id)
-                    pipe.xrange(self._history_key, start, "+", count=HISTORY_PAGE_SIZE)
-                    *anchor, entries = await pipe.execute()
+                # Each page starts at the anchor, inclusive: finding it first proves that nothing
+                # after it was trimmed away meanwhile (say, while a slow client read the last page).
+                entries = await client.xrange(
+                    self._history_key, start, "+", count=HISTORY_PAGE_SIZE + (anchor is not None)
+                )
             except redis.RedisError as error:
                 raise BrokerUnavailable(f"Event history unavailable: {error}") from error
-            if anchor and not anchor[0]:
-                raise HistoryGap(event_id)
+            if anchor is not None:
+                if not entries or parse_event_id(entries[0][0].decode()) != anchor:
+                    raise HistoryGap(start)
+                entries = entries[1:]
             if not entries:
                 return
-            event_id = entries[-1][0].decode()
-            start = f"({event_id}"
+            start = entries[-1][0].decode()
+            anchor = parse_event_id(start)
             page = [self._history_event(entry, channels) for entry in entries]
-            yield event_id, [event for event in page if event is not None]
+            yield start, [event for event in page if event is not None]
             if len(entries) < HISTORY_PAGE_SIZE:
                 return
 
