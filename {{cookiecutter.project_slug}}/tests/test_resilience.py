@@ -263,3 +263,35 @@ def test_publish_command_explains_that_it_needs_redis(live_project: LiveProject)
     result = live_project.manage("publish_event", "note", REDIS_URL="")
     assert result.returncode != 0
     assert "REDIS_URL is not set" in result.stderr
+
+
+def test_an_error_after_the_response_started_ends_the_stream_cleanly(
+    redis_daphne, redis_service: RedisServer, live_project: LiveProject
+) -> None:
+    """History replaced by a key of another type: the replay fails mid-response. The client gets a
+    final comment and the end of the stream (never a hung request), the cause is logged, and the
+    server goes on serving (an exception escaping to Daphne would stop its housekeeping)."""
+    daphne, prefix = redis_daphne
+    history = f"{prefix}:history"
+    with (
+        api(daphne, live_project.tokens["staff"]) as staff,
+        api(daphne, live_project.tokens["alice"]) as alice,
+    ):
+        with open_stream(alice) as stream:  # the process's feed is up and subscribed
+            stream.take_all(2)
+            first = publish(staff, "first")
+            stream.take(1)
+            redis_service.command("DEL", history)
+            redis_service.command("SET", history, "not a stream")
+            try:
+                with open_stream(alice, last_event_id=first) as resumed:
+                    messages = list(resumed)  # ends: the server closed the stream
+            finally:
+                redis_service.command("DEL", history)
+            event_id = publish(staff, "after")
+            [event] = stream.take(1)
+    assert [m.comment for m in messages if m.comment] == ["server error, reconnect"]
+    assert event.id == event_id
+    log = daphne.log()
+    assert "Stream ended by an error" in log and "WRONGTYPE" in log
+    assert "Exception inside application" not in log

@@ -118,6 +118,8 @@ class Hub:
             return
         self._subscribers[channel] = {subscriber}
         ready = self._ready[channel] = asyncio.ensure_future(self._feed.subscribe(channel))
+        # Its waiters may all be gone (clients that gave up) when it fails: not an error of its own.
+        ready.add_done_callback(_retrieve_exception)
         try:
             await asyncio.shield(ready)
         except BaseException:
@@ -143,6 +145,11 @@ class Hub:
 
     async def aclose(self) -> None:
         await self._feed.aclose()
+
+
+def _retrieve_exception(future: "asyncio.Future[None]") -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
