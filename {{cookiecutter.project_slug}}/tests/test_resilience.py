@@ -276,22 +276,23 @@ def test_an_error_after_the_response_started_ends_the_stream_cleanly(
     with (
         api(daphne, live_project.tokens["staff"]) as staff,
         api(daphne, live_project.tokens["alice"]) as alice,
+        open_stream(alice) as stream,  # the process's feed is up and subscribed
     ):
-        with open_stream(alice) as stream:  # the process's feed is up and subscribed
-            stream.take_all(2)
-            first = publish(staff, "first")
-            stream.take(1)
+        stream.take_all(2)
+        first = publish(staff, "first")
+        stream.take(1)
+        redis_service.command("DEL", history)
+        redis_service.command("SET", history, "not a stream")
+        try:
+            with open_stream(alice, last_event_id=first) as resumed:
+                messages = list(resumed)  # ends: the server closed the stream
+        finally:
             redis_service.command("DEL", history)
-            redis_service.command("SET", history, "not a stream")
-            try:
-                with open_stream(alice, last_event_id=first) as resumed:
-                    messages = list(resumed)  # ends: the server closed the stream
-            finally:
-                redis_service.command("DEL", history)
-            event_id = publish(staff, "after")
-            [event] = stream.take(1)
+        event_id = publish(staff, "after")
+        [event] = stream.take(1)
     assert [m.comment for m in messages if m.comment] == ["server error, reconnect"]
     assert event.id == event_id
     log = daphne.log()
-    assert "Stream ended by an error" in log and "WRONGTYPE" in log
+    assert "Stream ended by an error" in log
+    assert "WRONGTYPE" in log
     assert "Exception inside application" not in log
