@@ -64,6 +64,13 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def served_pid(process: subprocess.Popen | None) -> int:
+    """The server's own pid: `timeout` runs each server as its only child."""
+    assert process is not None, "not started"
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+    return int(children.split()[0])
+
+
 @dataclass
 class RedisServer:
     port: int
@@ -100,6 +107,10 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)
+
+    @property
+    def pid(self) -> int:
+        return served_pid(self.process)
 
     def command(self, *args: str) -> str:
         redis_cli = require_program("redis-cli")
@@ -212,9 +223,7 @@ class Daphne:
 
     @property
     def pid(self) -> int:
-        # `timeout` runs Daphne as its only child.
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
-        return int(children.split()[0])
+        return served_pid(self.process)
 
     def status(self, field_name: str) -> int:
         """A number from /proc/<pid>/status, e.g. "Threads" or "VmRSS" (kB)."""

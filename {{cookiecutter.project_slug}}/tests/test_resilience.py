@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import time
 
@@ -296,3 +298,28 @@ def test_an_error_after_the_response_started_ends_the_stream_cleanly(
     assert "Stream ended by an error" in log
     assert "WRONGTYPE" in log
     assert "Exception inside application" not in log
+
+
+def test_a_publish_whose_reply_is_lost_is_never_sent_twice(
+    live_project: LiveProject, tmp_path
+) -> None:
+    """Redis frozen mid-publish: the call times out and says the event may have been published.
+    Once Redis resumes, it runs the script it had received, once: a client library retry (redis-py
+    retries timeouts by default) would have sent it again and stored the event twice."""
+    with (
+        redis_server(tmp_path) as own_redis,
+        daphne_server(live_project, tmp_path, REDIS_URL=own_redis.url) as daphne,
+        api(daphne, live_project.tokens["staff"]) as publisher,
+    ):
+        publish(publisher, "warm-up")  # the publishing connection exists before the freeze
+        redis_pid = own_redis.pid
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            response = publisher.post("/api/events/", json={"type": "frozen", "data": 1})
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        assert response.status_code == 503
+        assert "may or may not have been published" in response.json()["detail"]
+        time.sleep(1)  # Redis works through what it received while frozen
+        entries = own_redis.command("XRANGE", "events:history", "-", "+")
+    assert entries.count("frozen") == 1, entries
