@@ -30,6 +30,10 @@ if not SECRET_KEY:
     # Local development only: a fixed key keeps sessions valid across restarts.
     SECRET_KEY = "django-insecure-local-development-only"
 
+# Rotating the key: put the old one here until every process runs with the new one (sessions,
+# signed values and the event ids of Redis messages stay valid meanwhile).
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 

@@ -323,3 +323,32 @@ def test_a_publish_whose_reply_is_lost_is_never_sent_twice(
         time.sleep(1)  # Redis works through what it received while frozen
         entries = own_redis.command("XRANGE", "events:history", "-", "+")
     assert entries.count("frozen") == 1, entries
+
+
+def test_events_signed_with_a_previous_secret_key_are_delivered_during_a_rotation(
+    live_project: LiveProject, redis_service: RedisServer, tmp_path
+) -> None:
+    """Mid-rotation, a publisher still on the old SECRET_KEY reaches, with its id, a server that
+    has the new key and the old one in SECRET_KEY_FALLBACKS (ids are signed with the key)."""
+    old_key = live_project.env["SECRET_KEY"]
+    new_key = "rotated-" + "n" * 60
+    prefix = "test-rotation"
+    with (
+        daphne_server(
+            live_project,
+            tmp_path,
+            REDIS_URL=redis_service.url,
+            EVENTS_REDIS_PREFIX=prefix,
+            SECRET_KEY=new_key,
+            SECRET_KEY_FALLBACKS=old_key,
+        ) as daphne,
+        api(daphne, live_project.tokens["alice"]) as alice,
+        open_stream(alice) as stream,
+    ):
+        stream.take_all(2)
+        result = live_project.manage(
+            "publish_event", "rotated", "1", REDIS_URL=redis_service.url, EVENTS_REDIS_PREFIX=prefix
+        )
+        assert result.returncode == 0, result.stderr
+        [event] = stream.take(1)
+    assert (event.event, event.id) == ("rotated", result.stdout.strip())

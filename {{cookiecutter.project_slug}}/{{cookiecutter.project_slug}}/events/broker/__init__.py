@@ -2,10 +2,13 @@
 
 from functools import lru_cache
 
+from django.conf import settings as django_settings
+
 from ..conf import event_settings
 from .base import Broker
 from .memory import InMemoryBroker
 from .redis import RedisBroker
+from .signing import signing_keys
 
 __all__ = ["Broker", "get_broker"]
 
@@ -18,6 +21,7 @@ def get_broker() -> Broker:
         settings.history_length,
         settings.max_payload_bytes,
         settings.redis_health_check_seconds,
+        signing_keys(django_settings.SECRET_KEY, django_settings.SECRET_KEY_FALLBACKS),
     )
 
 
@@ -28,6 +32,7 @@ def _broker(
     history_length: int,
     max_payload_bytes: int,
     health_check_seconds: float,
+    id_signing_keys: tuple[str, ...],
 ) -> Broker:
     # Cached per configuration: one broker (and one set of connections) per process.
     if redis_url:
@@ -37,5 +42,6 @@ def _broker(
             history_length=history_length,
             max_payload_bytes=max_payload_bytes,
             health_check_seconds=health_check_seconds,
+            signing_keys=id_signing_keys,
         )
     return InMemoryBroker(history_length)

@@ -3,7 +3,8 @@
 Publishing runs one Lua script that appends the event to the stream (XADD with MAXLEN) and
 publishes it with its new id, atomically: Pub/Sub order is history order, so a client can switch
 from replay to live delivery without a gap or a duplicate. The script publishes
-``<id>\\n<envelope>``; a message that is a bare envelope (published by another service) has no id.
+``<id> <signature>\\n<envelope>`` (see ``signing.py``); a message that is a bare envelope
+(published by another service) has no id.
 
 Each process opens one Pub/Sub connection, shared by all of its clients (``redis_feed.py``).
 """
@@ -28,7 +29,7 @@ from .redis_feed import RedisFeed
 _PUBLISH = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                       'channel', ARGV[4], 'envelope', ARGV[3])
-redis.call('PUBLISH', ARGV[2], id .. '\\n' .. ARGV[3])
+redis.call('PUBLISH', ARGV[2], id .. ' ' .. redis.sha1hex(ARGV[5] .. id) .. '\\n' .. ARGV[3])
 return id
 """
 # Connections are few and long-lived; failures should surface fast so that callers see them.
@@ -56,6 +57,7 @@ class RedisBroker(Broker):
         history_length: int,
         max_payload_bytes: int,
         health_check_seconds: float,
+        signing_keys: tuple[str, ...],
     ):
         self._url = url
         self._prefix = prefix
@@ -63,6 +65,7 @@ class RedisBroker(Broker):
         self._history_length = history_length
         self.max_payload_bytes = max_payload_bytes
         self.health_check_seconds = health_check_seconds
+        self.signing_keys = signing_keys
         self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS)
         self._publish_script = self._client.register_script(_PUBLISH)
         # redis.asyncio clients belong to the event loop that created them.
@@ -96,6 +99,7 @@ class RedisBroker(Broker):
             self.pubsub_channel(draft.channel),
             draft.envelope,
             draft.channel,
+            self.signing_keys[0],
         ]
         return keys, args
 

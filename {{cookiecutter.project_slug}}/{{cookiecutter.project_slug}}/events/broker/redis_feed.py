@@ -35,6 +35,7 @@ from ..event import parse_envelope, parse_event_id
 from ..exceptions import BrokerUnavailable
 from ..malformed import report_malformed
 from .base import Feed, FeedSink, HistoryGap
+from .signing import verified_id
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -253,8 +254,8 @@ class RedisFeed(Feed):
 
     def _handle_event(self, pubsub_channel: bytes, payload: bytes) -> None:
         channel = self._broker.channel_of(pubsub_channel)
-        event_id, envelope = _split_id(payload)
         try:
+            event_id, envelope = self._split_id(payload)
             event = parse_envelope(
                 envelope, event_id=event_id, max_payload_bytes=self._broker.max_payload_bytes
             )
@@ -265,11 +266,21 @@ class RedisFeed(Feed):
             report_malformed("Pub/Sub message on", channel, f"addressed to {event.channel!r}")
             return
         if event.id is not None:
+            # Signed ids only grow: an older one was delivered by a catch-up after a reconnect
+            # (or is a signed message replayed by someone with access to Redis).
             key = parse_event_id(event.id)
             if key <= self._watermark_key:
-                return  # already delivered while catching up after a reconnect
+                return
             self._watermark, self._watermark_key = event.id, key
         self._sink.deliver(event)
+
+    def _split_id(self, payload: bytes) -> tuple[str | None, bytes]:
+        """``<id> <signature>\\n<envelope>`` from the publish script, or a bare envelope (no id)
+        from another publisher."""
+        if not payload[:1].isdigit():
+            return None, payload
+        head, _, envelope = payload.partition(b"\n")
+        return verified_id(head, self._broker.signing_keys), envelope
 
     def _advance(self, event_id: str | None) -> None:
         if event_id is not None and (key := parse_event_id(event_id)) > self._watermark_key:
@@ -283,14 +294,6 @@ class RedisFeed(Feed):
             waiters.remove(waiter)
         if not waiters:  # per-channel state lives only while someone waits on it
             del self._confirmations[channel]
-
-
-def _split_id(payload: bytes) -> tuple[str | None, bytes]:
-    """``<id>\\n<envelope>`` from the publish script, or a bare envelope (no id) from elsewhere."""
-    if payload[:1].isdigit():
-        event_id, _, envelope = payload.partition(b"\n")
-        return event_id.decode(errors="replace"), envelope
-    return None, payload
 
 
 async def _close_quietly(pubsub: aioredis.client.PubSub) -> None:
