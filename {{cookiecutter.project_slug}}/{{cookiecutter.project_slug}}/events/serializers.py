@@ -8,13 +8,23 @@ from .event import validate_type
 from .exceptions import InvalidEvent
 
 
+class UserKeyField(serializers.PrimaryKeyRelatedField):
+    """A user's primary key as a JSON number or string; a float (1.5, 1e999) is no one's key."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) or not isinstance(data, int | str):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
 class PublishEventSerializer(serializers.Serializer):
-    type = serializers.CharField(default="message", max_length=64)
+    # trim_whitespace=False: "news\n" is refused, not published to "news".
+    type = serializers.CharField(default="message", max_length=64, trim_whitespace=False)
     data = serializers.JSONField(allow_null=True)
-    user = serializers.PrimaryKeyRelatedField(
-        queryset=get_user_model().objects.all(), required=False, allow_null=True
+    user = UserKeyField(queryset=get_user_model().objects.all(), required=False, allow_null=True)
+    topic = serializers.CharField(
+        required=False, allow_null=True, max_length=64, trim_whitespace=False
     )
-    topic = serializers.CharField(required=False, allow_null=True, max_length=64)
 
     def validate_type(self, value: str) -> str:
         return _checked(validate_type, value)

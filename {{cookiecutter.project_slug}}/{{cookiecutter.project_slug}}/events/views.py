@@ -1,5 +1,7 @@
 from typing import Any
 
+from django.conf import settings as django_settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponseBase, StreamingHttpResponse
 from django.utils.cache import patch_vary_headers
 from rest_framework import status
@@ -102,7 +104,15 @@ class PublishEventView(APIView):
     parser_classes = [EventJSONParser]
 
     def post(self, request: Request) -> Response:
-        serializer = PublishEventSerializer(data=request.data)
+        try:
+            body = request.data
+        except RequestDataTooBig:
+            limit = django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            return Response(
+                {"detail": f"Request body exceeds DATA_UPLOAD_MAX_MEMORY_SIZE ({limit} bytes)."},
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        serializer = PublishEventSerializer(data=body)
         serializer.is_valid(raise_exception=True)
         fields = serializer.validated_data
         try:
