@@ -64,8 +64,12 @@ class EventStreamRouter:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self.stream_path:
             await self._stream_handler(scope, receive, send)
-        else:
+            return
+        shutdown.request_started()  # a graceful shutdown answers it before stopping
+        try:
             await self._application(scope, receive, send)
+        finally:
+            shutdown.request_finished()
 
     @property
     def stream_path(self) -> str:

@@ -1,8 +1,9 @@
 """Graceful shutdown: on SIGTERM, end every open stream with a spread-out reconnect delay.
 
-Without it, Daphne cancels every application at once and exits; its clients all reconnect after
-the same ``retry:``, in one burst. Under Daphne (Twisted), ``install()`` registers a hook that
-runs when the server starts shutting down, before Daphne cancels its applications:
+Left to itself, Daphne stops at once on SIGTERM: it cancels every request, streams and others
+alike, and exits. Stream clients would all reconnect after the same ``retry:``, in one burst, and
+a publish in flight would get no answer (a 502 from nginx) although its event may be out. Under
+Daphne (Twisted), ``install()`` takes over SIGTERM once the server has started, and then:
 
 1. the process stops taking streams: ``/readyz`` answers 503, and a stream that opens now gets
    only the goodbye below (a 200, so that EventSource reconnects instead of giving up);
@@ -10,14 +11,19 @@ runs when the server starts shutting down, before Daphne cancels its application
    ``EVENTS_RETRY_MILLISECONDS`` and that plus ``EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS``, and
    its connection is closed; clients reconnect with their ``Last-Event-ID``, spread over the
    window, to another replica, and miss nothing;
-3. the hook waits until those bytes have left, at most ``EVENTS_SHUTDOWN_GRACE_SECONDS``; then
-   Daphne exits as usual.
+3. it waits until those bytes have left and the other requests in flight have been answered, at
+   most ``EVENTS_SHUTDOWN_GRACE_SECONDS``; then it stops the server as Daphne would have.
+
+Any other way the server stops (SIGINT, say) still ends the streams as in 2, from a hook that runs
+before Daphne cancels its requests.
 """
 
 import asyncio
 import logging
 import random
+import signal
 import sys
+from collections.abc import Callable
 
 from .backpressure import StreamSend
 from .conf import EventSettings, event_settings
@@ -25,9 +31,10 @@ from .wire import encode_comment, encode_retry
 
 logger = logging.getLogger(__name__)
 
-_FLUSH_POLL_SECONDS = 0.05
+_POLL_SECONDS = 0.05
 
 _open_streams: set[StreamSend] = set()
+_requests_in_flight = 0  # other than streams
 _draining = False
 
 
@@ -49,15 +56,48 @@ def untrack(stream: StreamSend) -> None:
     _open_streams.discard(stream)
 
 
+def request_started() -> None:
+    global _requests_in_flight
+    _requests_in_flight += 1
+
+
+def request_finished() -> None:
+    global _requests_in_flight
+    _requests_in_flight -= 1
+
+
 def install() -> None:
-    """Hook into Daphne's shutdown; does nothing under other servers."""
+    """Hook into Daphne's start and shutdown; does nothing under other servers."""
     if "twisted.internet.reactor" not in sys.modules:  # never install a reactor ourselves
         return
     from twisted.internet import reactor
 
-    # Registered before Daphne registers its own hook (the application is imported first), so
-    # this one runs first.
+    # After startup, Twisted has installed its own SIGTERM handler (reactor.stop): replace it.
+    reactor.addSystemEventTrigger("after", "startup", _take_over_sigterm)
+    # Registered before Daphne registers its own shutdown hook (the application is imported
+    # first), so this one runs first.
     reactor.addSystemEventTrigger("before", "shutdown", _drain_deferred)
+
+
+def _take_over_sigterm() -> None:
+    from twisted.internet import reactor
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if not _draining:  # a second SIGTERM changes nothing: the first one's stop is bounded
+            reactor.callFromThread(lambda: asyncio.ensure_future(_stop_gracefully()))
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def _stop_gracefully() -> None:
+    from twisted.internet import reactor
+
+    settings = event_settings()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.shutdown_grace_seconds
+    await drain(settings)
+    await _wait(lambda: _requests_in_flight > 0, deadline - loop.time())
+    reactor.stop()
 
 
 def _drain_deferred():  # type: ignore[no-untyped-def]  # a Twisted Deferred
@@ -67,11 +107,20 @@ def _drain_deferred():  # type: ignore[no-untyped-def]  # a Twisted Deferred
 
 
 async def drain(settings: EventSettings) -> None:
+    """End every open stream with the goodbye; wait (within the grace) until its bytes left."""
     global _draining
     _draining = True
     ended = [stream for stream in list(_open_streams) if stream.finish_now(goodbye(settings))]
-    logger.info("Shutting down: ended %d streams", len(ended))
-    for _ in range(round(settings.shutdown_grace_seconds / _FLUSH_POLL_SECONDS)):
-        if not any(stream.transport and stream.transport.connected for stream in ended):
-            break
-        await asyncio.sleep(_FLUSH_POLL_SECONDS)
+    if ended:
+        logger.info("Shutting down: ended %d streams", len(ended))
+    await _wait(
+        lambda: any(stream.transport and stream.transport.connected for stream in ended),
+        settings.shutdown_grace_seconds,
+    )
+
+
+async def _wait(condition: Callable[[], bool], at_most: float) -> None:
+    for _ in range(round(at_most / _POLL_SECONDS)):
+        if not condition():
+            return
+        await asyncio.sleep(_POLL_SECONDS)
