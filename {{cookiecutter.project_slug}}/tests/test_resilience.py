@@ -152,7 +152,9 @@ def test_client_that_stops_reading_is_disconnected_and_memory_stays_bounded(
         received = _drain(slow)
     assert received < 16 * 1024 * 1024, received
     assert rss_growth_kb < 24 * 1024, f"server RSS grew {rss_growth_kb} kB"
-    assert "stopped reading" in daphne.log()
+    # Ended by whichever limit it reached first: its queue of waiting events, or its backlog.
+    log = daphne.log()
+    assert "a client that fell behind" in log or "a client that stopped reading" in log
 
 
 def _drain(sock: socket.socket) -> int:

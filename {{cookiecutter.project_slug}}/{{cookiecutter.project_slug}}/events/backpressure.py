@@ -52,6 +52,11 @@ class TwistedTransport:
         """Close once everything written has been sent."""
         self._transport.loseConnection()
 
+    def abort_if_open(self) -> None:
+        if self._transport.connected:
+            logger.info("Disconnected a client that did not read the end of its stream")
+            self._transport.abortConnection()
+
     @property
     def connected(self) -> bool:
         return bool(self._transport.connected)
@@ -99,7 +104,11 @@ class StreamSend:
                 raise ClientTooSlow(f"a send took over {self._send_timeout}s") from None
             return
         await self._send(message)
-        if message["type"] == "http.response.body" and self._max_backlog_bytes > 0:
+        if message["type"] != "http.response.body":
+            return
+        if not message.get("more_body", False):
+            self._close_when_sent(self.transport)
+        elif self._max_backlog_bytes > 0:
             await self._wait_for_drain(self.transport)
 
     async def _wait_for_drain(self, transport: TwistedTransport) -> None:
@@ -120,6 +129,14 @@ class StreamSend:
                 self.closed = True
                 return
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
+
+    def _close_when_sent(self, transport: TwistedTransport) -> None:
+        """The stream is over: close its connection once the client has everything, and within
+        the send timeout in any case, so that a client that stopped reading keeps neither a
+        connection nor unsent bytes. (Timers, not a wait: once the response is complete, Daphne
+        reports a disconnect and the request's coroutine is cancelled.)"""
+        transport.close()
+        asyncio.get_running_loop().call_later(self._send_timeout, transport.abort_if_open)
 
     def finish_now(self, body: bytes) -> bool:
         """End the response with ``body`` and close the connection at once, from synchronous code

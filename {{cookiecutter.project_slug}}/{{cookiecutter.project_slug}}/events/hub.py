@@ -32,24 +32,41 @@ class Reset:
 
 
 class Subscriber:
-    """One client's view of the hub: the channels it reads and the events waiting for it."""
+    """One client's view of the hub: the channels it reads and the events waiting for it.
 
-    __slots__ = ("_capacity", "_pending", "_wakeup", "channels", "overflowed")
+    Waiting events are bounded by count (``capacity``) and by their bytes (``max_bytes``, 0: no
+    limit): the events are shared with every other recipient, but a client that stopped reading
+    is the one keeping them alive.
+    """
 
-    def __init__(self, channels: frozenset[str], capacity: int) -> None:
+    __slots__ = (
+        "_capacity",
+        "_max_bytes",
+        "_pending",
+        "_pending_bytes",
+        "_wakeup",
+        "channels",
+        "overflowed",
+    )
+
+    def __init__(self, channels: frozenset[str], capacity: int, max_bytes: int = 0) -> None:
         self.channels = channels
         self.overflowed = False
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._pending: deque[Event | Reset] = deque()
+        self._pending_bytes = 0
         self._wakeup = asyncio.Event()
 
     def offer(self, item: Event | Reset) -> None:
         if self.overflowed:
             return
-        if len(self._pending) >= self._capacity:
-            # The client is not keeping up; it will be disconnected and resume by id.
+        self._pending_bytes += len(item.wire)
+        if len(self._pending) >= self._capacity or 0 < self._max_bytes < self._pending_bytes:
+            # The client is not keeping up; its stream ends and it resumes by id from history.
             self.overflowed = True
             self._pending.clear()
+            self._pending_bytes = 0
         else:
             self._pending.append(item)
         self._wakeup.set()
@@ -65,6 +82,7 @@ class Subscriber:
                 return None
         batch = list(self._pending)
         self._pending.clear()
+        self._pending_bytes = 0
         return batch
 
 
@@ -88,9 +106,9 @@ class Hub:
         """Why this process cannot deliver events right now, or None (see the feeds' problem())."""
         return self._feed.problem()
 
-    async def join(self, channels: Iterable[str], capacity: int) -> Subscriber:
+    async def join(self, channels: Iterable[str], capacity: int, max_bytes: int = 0) -> Subscriber:
         """Register a subscriber; returns once every event published afterwards will reach it."""
-        subscriber = Subscriber(frozenset(channels), capacity)
+        subscriber = Subscriber(frozenset(channels), capacity, max_bytes)
         try:
             for channel in subscriber.channels:
                 await self._add(channel, subscriber)

@@ -43,7 +43,9 @@ async def event_stream(
     hub = get_hub()
     retry = encode_retry(settings.retry_milliseconds)
     try:
-        subscriber = await hub.join(channels, settings.client_queue_size)
+        subscriber = await hub.join(
+            channels, settings.client_queue_size, settings.client_max_backlog_bytes
+        )
     except BrokerUnavailable as error:
         logger.warning("Stream closed at start: %s", error)
         yield retry + encode_comment("broker unavailable, reconnect later")
@@ -134,7 +136,11 @@ async def _live(
             batch, replay_end = _skip_replayed(batch, replay_end)
         for chunk in _chunks(item.wire for item in batch):
             yield chunk
-    logger.info("Disconnected a client that fell %d events behind", settings.client_queue_size)
+    logger.info(
+        "Ended the stream of a client that fell behind (over %d events or %d bytes waiting)",
+        settings.client_queue_size,
+        settings.client_max_backlog_bytes,
+    )
 
 
 def _chunks(wires: Iterable[bytes]) -> Iterable[bytes]:

@@ -12,7 +12,7 @@ from tests.services import RedisServer, redis_server
 from ..broker import get_broker
 from ..broker.base import Feed
 from ..exceptions import BrokerUnavailable
-from ..hub import Hub, Subscriber
+from ..hub import Hub, Reset, Subscriber
 from ..publish import apublish, publish
 
 
@@ -121,7 +121,20 @@ def test_a_subscriber_that_falls_behind_is_marked_and_its_buffer_freed() -> None
     async def scenario() -> tuple[bool, list]:
         subscriber = Subscriber(frozenset({"broadcast"}), capacity=3)
         for _ in range(4):
-            subscriber.offer(object())  # type: ignore[arg-type]
+            subscriber.offer(Reset("1-0"))
         return subscriber.overflowed, await subscriber.next_batch(within=1)
 
     assert asyncio.run(scenario()) == (True, [])
+
+
+def test_a_subscriber_is_also_bounded_by_the_bytes_waiting_for_it() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        subscriber = Subscriber(frozenset({"broadcast"}), capacity=1000, max_bytes=70)
+        small = Reset("1-0")  # 31 bytes on the wire
+        subscriber.offer(small)
+        subscriber.offer(small)
+        within_limit = subscriber.overflowed
+        subscriber.offer(small)
+        return within_limit, subscriber.overflowed
+
+    assert asyncio.run(scenario()) == (False, True)
