@@ -92,8 +92,17 @@ def make_draft(
     max_payload_bytes: int,
 ) -> Draft:
     """Validate and serialize an event once, so every later step reuses the same text."""
-    validate_type(event_type)
     user_pk = _primary_key(user)
+    channel, data_json = _validated(event_type, data, user_pk, topic, max_payload_bytes)
+    envelope = {"type": event_type, "data": data, "user": user_pk, "topic": topic}
+    return Draft(type=event_type, data=data_json, channel=channel, envelope=_json_text(envelope))
+
+
+def _validated(
+    event_type: str, data: Any, user_pk: object, topic: str | None, max_payload_bytes: int
+) -> tuple[str, str]:
+    """The channel and the data's JSON text of a valid event; raises an EventError otherwise."""
+    validate_type(event_type)
     channel = channel_for(user=user_pk, topic=topic)
     data_json = _json_text(data)
     size = len(data_json.encode())
@@ -102,8 +111,7 @@ def make_draft(
             f"Event data is {size} bytes of JSON; the limit is {max_payload_bytes} bytes "
             "(EVENTS_MAX_PAYLOAD_BYTES)."
         )
-    envelope = {"type": event_type, "data": data, "user": user_pk, "topic": topic}
-    return Draft(type=event_type, data=data_json, channel=channel, envelope=_json_text(envelope))
+    return channel, data_json
 
 
 def _json_text(value: Any) -> str:
@@ -144,17 +152,33 @@ def parse_envelope(
         raise InvalidEvent("Message is nested too deeply.") from None
     if not isinstance(envelope, dict) or "type" not in envelope or "data" not in envelope:
         raise InvalidEvent('Message must be a JSON object with "type" and "data".')
-    user = envelope.get("user")
-    if user is not None and (not isinstance(user, int | str) or isinstance(user, bool)):
-        raise InvalidEvent('"user" must be a user primary key (number or string) or null.')
-    draft = make_draft(
-        envelope["type"],
+    user = _user_key(envelope.get("user"))
+    event_type = envelope["type"]
+    # Built directly, without the envelope text a Draft carries: it was read, not published.
+    channel, data_json = _validated(
+        event_type,
         envelope["data"],
-        user=user,
-        topic=_optional_topic(envelope.get("topic")),
-        max_payload_bytes=max_payload_bytes,
+        user,
+        _optional_topic(envelope.get("topic")),
+        max_payload_bytes,
     )
-    return draft.with_id(event_id)
+    return Event(type=event_type, data=data_json, channel=channel, id=event_id)
+
+
+def _user_key(user: object) -> int | str | None:
+    if user is None or (isinstance(user, int) and not isinstance(user, bool)):
+        return user
+    if isinstance(user, str) and user.isprintable() and _has_utf8_form(user):
+        return user
+    raise InvalidEvent('"user" must be a user primary key (number or string) or null.')
+
+
+def _has_utf8_form(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _optional_topic(topic: object) -> str | None:

@@ -5,7 +5,7 @@ Two implementations: ``RedisBroker`` (any number of processes and hosts) and ``I
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Container
+from collections.abc import AsyncIterator, Container, Iterable
 from typing import Protocol
 
 from ..event import Draft, Event
@@ -55,11 +55,12 @@ class Broker(ABC):
     @abstractmethod
     def history_after(
         self, event_id: str | None, channels: Container[str] | None = None
-    ) -> AsyncIterator[tuple[str, list[Event]]]:
+    ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
         """The stored events after ``event_id`` (None: from the oldest), in order, page by page:
-        ``(id of the page's last entry, its events on channels (all if None))``. A page may hold
-        no events; only the current page is in memory. Raises HistoryGap if ``event_id`` is not
-        (or no longer) in history, and BrokerUnavailable."""
+        ``(id of the page's last entry, its events on channels (all if None))``. Take a page's
+        events before asking for the next page; a page may hold no events; only the current page
+        is in memory. Raises HistoryGap if ``event_id`` is not (or no longer) in history, and
+        BrokerUnavailable."""
 
     @abstractmethod
     async def latest_event_id(self) -> str | None:

@@ -9,7 +9,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Container
+from collections.abc import AsyncIterator, Container, Iterable
 
 from ..event import Draft, Event, parse_event_id
 from .base import Broker, Feed, FeedSink, HistoryGap
@@ -40,7 +40,7 @@ class InMemoryBroker(Broker):
 
     async def history_after(
         self, event_id: str | None, channels: Container[str] | None = None
-    ) -> AsyncIterator[tuple[str, list[Event]]]:
+    ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
         after = None if event_id is None else parse_event_id(event_id)
         while True:
             with self._lock:

@@ -11,7 +11,7 @@ Each process opens one Pub/Sub connection, shared by all of its clients (``redis
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Container
+from collections.abc import AsyncIterator, Container, Iterable
 from typing import Any
 
 import redis
@@ -44,8 +44,9 @@ _CONNECTION_OPTIONS: dict[str, Any] = {
 # Replays and async publishes share a small pool: connections stay constant however many
 # clients connect; a burst of reconnecting clients waits for a free connection instead.
 _POOL_SIZE = 8
-# Replay reads history in pages of this many entries: the memory a resuming client holds.
-HISTORY_PAGE_SIZE = 50
+# Replay reads history in pages of this many entries: with one event built from it at a time,
+# the memory a resuming client holds (at most 20 x EVENTS_MAX_PAYLOAD_BYTES).
+HISTORY_PAGE_SIZE = 20
 
 
 class RedisBroker(Broker):
@@ -125,7 +126,7 @@ class RedisBroker(Broker):
 
     async def history_after(
         self, event_id: str | None, channels: Container[str] | None = None
-    ) -> AsyncIterator[tuple[str, list[Event]]]:
+    ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
         client = self.async_client()
         anchor = None if event_id is None else parse_event_id(event_id)
         start = "-" if event_id is None else event_id
@@ -146,8 +147,9 @@ class RedisBroker(Broker):
                 return
             start = entries[-1][0].decode()
             anchor = parse_event_id(start)
-            page = [self._history_event(entry, channels) for entry in entries]
-            yield start, [event for event in page if event is not None]
+            # Built one at a time as the reader takes them: never a page of parsed events.
+            events = (self._history_event(entry, channels) for entry in entries)
+            yield start, (event for event in events if event is not None)
             if len(entries) < HISTORY_PAGE_SIZE:
                 return
 

@@ -323,7 +323,7 @@ def test_an_id_field_in_an_envelope_never_becomes_the_event_id(
 
 # UTF-8 text (no lone surrogates: event data is JSON text, checked to encode), often trying to
 # start a field or an event of its own after a line break.
-plain_texts = st.text(st.one_of(TRICKY, st.characters()), max_size=30)
+plain_texts = st.text(st.one_of(TRICKY, st.characters(codec="utf-8")), max_size=30)
 data_texts = st.one_of(
     plain_texts,
     st.builds(
