@@ -34,11 +34,14 @@ def nginx_config(
     asgi_upstreams: list[str],
     wsgi_upstream: str | None = None,
     static_root: Path | None = None,
+    worker_connections: int = 1024,
 ) -> Path:
     """Write nginx.conf (and the rendered site) into ``directory``; returns its path.
 
     nginx listens on 127.0.0.1:``port``. Several ASGI upstreams become several ``server``
-    lines. Static files come from ``static_root`` (default: the project's staticfiles/).
+    lines. Static files come from ``static_root`` (default: the project's staticfiles/). Its one
+    worker holds ``worker_connections`` connections (default 1024, as in the nginx image's
+    nginx.conf); each proxied stream takes two, the client's and the upstream's.
     Run it with ``nginx -p <directory> -c <config> -g "daemon off; pid <directory>/nginx.pid;"``.
     """
     variables = {
@@ -68,7 +71,7 @@ def nginx_config(
         f"""{user}worker_processes 1;
 error_log {directory / "error.log"} warn;
 events {{
-    worker_connections 1024;
+    worker_connections {worker_connections};
 }}
 http {{
 {include_mime_types}    access_log {directory / "access.log"};

@@ -4,7 +4,7 @@ one Redis and one database."""
 
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +68,21 @@ def _prepare_database(project: Path, python: Path, env: dict[str, str]) -> str:
 
 @contextmanager
 def loopback_stack(
-    project: Path, python: Path, topology: str, redis_url: str, directory: Path
+    project: Path,
+    python: Path,
+    topology: str,
+    redis_url: str,
+    directory: Path,
+    extra_settings: Mapping[str, str] | None = None,
+    nginx_worker_connections: int = 1024,
 ) -> Iterator[Stack]:
-    """Start every server of ``topology``; all of them are stopped when the block ends."""
-    env = project_env(python, **_settings(directory, redis_url, f"topology-{directory.name}"))
+    """Start every server of ``topology``; all of them are stopped when the block ends.
+
+    ``extra_settings`` (environment variables of the project) override the stack's own.
+    ``nginx_worker_connections`` bounds nginx's connections: two per open stream.
+    """
+    settings = _settings(directory, redis_url, f"topology-{directory.name}")
+    env = project_env(python, **{**settings, **(extra_settings or {})})
     token = _prepare_database(project, python, env)
     with ExitStack() as running:
 
@@ -100,6 +111,7 @@ def loopback_stack(
             port=nginx_port,
             asgi_upstreams=[f"127.0.0.1:{daphne.port}" for daphne in daphnes],
             wsgi_upstream=f"127.0.0.1:{gunicorn.port}" if gunicorn else None,
+            worker_connections=nginx_worker_connections,
         )
         command = nginx_command(require_binary("nginx", "/usr/sbin"), config, "daemon off;")
         nginx = start("nginx", command, nginx_port)
