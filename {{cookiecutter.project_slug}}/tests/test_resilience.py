@@ -294,11 +294,10 @@ def test_an_error_after_the_response_started_ends_the_stream_cleanly(
             redis_service.command("DEL", history)
         event_id = publish(staff, "after")
         [event] = stream.take(1)
-    assert [m.comment for m in messages if m.comment] == ["server error, reconnect"]
+    assert [m.comment for m in messages if m.comment] == ["broker unavailable, reconnect later"]
     assert event.id == event_id
     log = daphne.log()
-    assert "Stream ended by an error" in log
-    assert "WRONGTYPE" in log
+    assert "Stream ended: Event history unavailable: WRONGTYPE" in log
     assert "Exception inside application" not in log
 
 

@@ -9,6 +9,8 @@ import re
 from .exceptions import InvalidEvent
 
 BROADCAST = "broadcast"
+# The channel of the marker entry a reset adds to an empty history: no stream reads it.
+RESET_MARKER = "reset-marker"
 _USER_PREFIX = "user."
 _TOPIC_PREFIX = "topic."
 

@@ -20,15 +20,15 @@ from .wire import encode_event
 class Reset:
     """Where a subscriber lost events: the client must reload its state as of ``event_id``.
 
-    Carrying the newest id in history gives the client a valid ``Last-Event-ID`` to resume from;
-    an empty ``id:`` (no history yet) clears it.
+    It carries an id in history (Broker.reset_point): the client's ``Last-Event-ID`` is then a
+    valid point to resume from, so that nothing published after the reset can be missed.
     """
 
     __slots__ = ("event_id", "wire")
 
-    def __init__(self, event_id: str | None) -> None:
+    def __init__(self, event_id: str) -> None:
         self.event_id = event_id
-        self.wire = encode_event("{}", event_type=RESET_TYPE, event_id=event_id or "")
+        self.wire = encode_event("{}", event_type=RESET_TYPE, event_id=event_id)
 
 
 class Subscriber:
@@ -152,8 +152,8 @@ class Hub:
         for subscriber in self._subscribers.get(event.channel, ()):
             subscriber.offer(event)
 
-    def lost_events(self, latest_event_id: str | None) -> None:
-        reset = Reset(latest_event_id)
+    def lost_events(self, reset_point: str) -> None:
+        reset = Reset(reset_point)
         for subscriber in self._all_subscribers():
             subscriber.offer(reset)
 

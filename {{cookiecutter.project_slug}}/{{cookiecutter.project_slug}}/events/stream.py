@@ -55,6 +55,9 @@ async def event_stream(
     try:
         async for chunk in _stream(hub.broker, subscriber, last_event_id, settings, retry):
             yield chunk
+    except BrokerUnavailable as error:  # Redis went away mid-stream: expected, not a bug
+        logger.warning("Stream ended: %s", error)
+        yield encode_comment("broker unavailable, reconnect later")
     except Exception:
         # Never a hung request: the client learns that the stream ended, and resumes by id.
         logger.exception("Stream ended by an error")
@@ -107,10 +110,10 @@ class Replay:
                     yield event.wire
                 self.end = parse_event_id(last_id)
         except HistoryGap:
-            latest = await self._broker.latest_event_id()
+            point = await self._broker.reset_point()
             # Live events up to the newest in history are part of the state the client reloads.
-            self.end = parse_event_id(latest) if latest else None
-            yield Reset(latest).wire
+            self.end = parse_event_id(point)
+            yield Reset(point).wire
 
 
 async def _live(

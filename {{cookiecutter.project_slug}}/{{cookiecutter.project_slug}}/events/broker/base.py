@@ -20,9 +20,9 @@ class FeedSink(Protocol):
 
     def deliver(self, event: Event) -> None: ...
 
-    def lost_events(self, latest_event_id: str | None) -> None:
+    def lost_events(self, reset_point: str) -> None:
         """Events may have been missed and history cannot bridge the gap: clients must reset
-        their state as of ``latest_event_id``, the newest event in history (None if empty)."""
+        their state as of ``reset_point`` (see Broker.reset_point)."""
 
 
 class Feed(ABC):
@@ -65,6 +65,13 @@ class Broker(ABC):
     @abstractmethod
     async def latest_event_id(self) -> str | None:
         """The id of the newest event in history, or None if history is empty."""
+
+    @abstractmethod
+    async def reset_point(self) -> str:
+        """Where a client that must reload its state resumes from: the newest id in history.
+        If history is empty (a Redis restart without persistence), a marker entry is added, that
+        no reader receives, so that the point is an id in history all the same: without one, the
+        client would resume with no ``Last-Event-ID`` and silently miss what came meanwhile."""
 
     @abstractmethod
     def open_feed(self, sink: FeedSink) -> Feed: ...

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable
 
+from ..channels import RESET_MARKER
 from ..event import Draft, Event, parse_event_id
 from .base import Broker, Feed, FeedSink, HistoryGap
 
@@ -71,6 +72,14 @@ class InMemoryBroker(Broker):
     async def latest_event_id(self) -> str | None:
         with self._lock:
             return self._history[-1].id if self._history else None
+
+    async def reset_point(self) -> str:
+        with self._lock:
+            if not self._history:  # a marker no reader receives: see Broker.reset_point
+                self._history.append(Event("marker", "{}", RESET_MARKER, self._next_id()))
+            newest = self._history[-1].id
+        assert newest is not None  # stored events have ids
+        return newest
 
     def open_feed(self, sink: FeedSink) -> Feed:
         feed = _MemoryFeed(self, sink, asyncio.get_running_loop())

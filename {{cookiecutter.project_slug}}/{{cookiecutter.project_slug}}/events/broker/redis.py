@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..channels import RESET_MARKER
 from ..event import Draft, Event, parse_envelope, parse_event_id
 from ..exceptions import BrokerUnavailable, EventError
 from ..malformed import report_malformed
@@ -32,6 +33,14 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
 redis.call('PUBLISH', ARGV[2], id .. ' ' .. redis.sha1hex(ARGV[5] .. id) .. '\\n' .. ARGV[3])
 return id
 """
+# The newest id in history, or the id of a marker entry added to an empty history (its channel is
+# no reader's, so replay and catch-up skip it without parsing).
+_RESET_POINT = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then return newest[1][1] end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'channel', ARGV[2])
+"""
+
 # Connections are few and long-lived; failures should surface fast so that callers see them.
 # No retries: redis-py would send a command again after a lost reply, and the publish script is not
 # idempotent (two ids for one event). Publishing is at most once per call; the feed reconnects by
@@ -69,6 +78,7 @@ class RedisBroker(Broker):
         self.signing_keys = signing_keys
         self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS)
         self._publish_script = self._client.register_script(_PUBLISH)
+        self._reset_point_script = self._client.register_script(_RESET_POINT)
         # redis.asyncio clients belong to the event loop that created them.
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
         self._async_clients = weakref.WeakKeyDictionary()
@@ -159,6 +169,19 @@ class RedisBroker(Broker):
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return entries[0][0].decode() if entries else None
+
+    async def reset_point(self) -> str:
+        script = self._reset_point_script
+        keys, args = [self._history_key], [self._history_length, RESET_MARKER]
+        client = self.async_client()
+        try:
+            try:
+                point = await client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                point = await client.eval(_RESET_POINT, len(keys), *keys, *args)
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Event history unavailable: {error}") from error
+        return point.decode()
 
     def _history_event(
         self, entry: tuple[bytes, dict[bytes, bytes]], channels: Container[str] | None

@@ -210,10 +210,10 @@ class RedisFeed(Feed):
                 self._advance(last_id)
         except HistoryGap:
             logger.warning("Events after %s are gone from history; clients reset", self._watermark)
-            latest = await self._broker.latest_event_id()
+            point = await self._broker.reset_point()
             self._watermark, self._watermark_key = None, (0, 0)
-            self._advance(latest)
-            self._sink.lost_events(latest)
+            self._advance(point)
+            self._sink.lost_events(point)
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
         loop = asyncio.get_running_loop()
