@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from .crowd import stalled_socket
 from .services import (
     Daphne,
     LiveProject,
@@ -353,3 +354,51 @@ def test_events_signed_with_a_previous_secret_key_are_delivered_during_a_rotatio
         assert result.returncode == 0, result.stderr
         [event] = stream.take(1)
     assert (event.event, event.id) == ("rotated", result.stdout.strip())
+
+
+def test_while_it_shuts_down_a_server_is_not_ready_and_new_streams_get_only_the_goodbye(
+    live_project: LiveProject, redis_service: RedisServer, tmp_path
+) -> None:
+    """SIGTERM with a stream whose client has stopped reading: the server waits (at most its grace)
+    for that stream's last bytes to leave. Meanwhile /readyz answers 503 naming "accepting", and a
+    new stream gets a 200 with only a spread-out retry and the goodbye comment (a 503 would make
+    EventSource give up for good); then the process exits by itself."""
+    prefix = "test-draining"
+    with daphne_server(
+        live_project,
+        tmp_path,
+        REDIS_URL=redis_service.url,
+        EVENTS_REDIS_PREFIX=prefix,
+        EVENTS_SHUTDOWN_GRACE_SECONDS="4",
+        EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS="10",
+        EVENTS_CLIENT_MAX_BACKLOG_BYTES=str(8 * 1024 * 1024),
+        EVENTS_CLIENT_SEND_TIMEOUT_SECONDS="30",
+    ) as daphne:
+        stalled = stalled_socket(daphne.port, live_project.tokens["alice"])
+        try:
+            client = redis.Redis.from_url(redis_service.url)
+            # 3.6 MB for a client that reads nothing: more than the kernel's socket buffers take,
+            # well under its backlog limit, so its stream stays open, with bytes unsent, until
+            # the shutdown.
+            for _ in range(60):
+                client.publish(
+                    f"{prefix}:broadcast", json.dumps({"type": "bulk", "data": "x" * 60_000})
+                )
+            time.sleep(0.5)
+            sigterm_at = time.monotonic()
+            os.kill(daphne.pid, signal.SIGTERM)
+            ready = httpx.get(f"{daphne.url}/readyz", timeout=10)
+            with api(daphne, live_project.tokens["bob"]) as bob, open_stream(bob) as stream:
+                goodbye = list(stream)
+            assert daphne.process is not None
+            daphne.process.wait(timeout=15)
+            exited_after = time.monotonic() - sigterm_at
+        finally:
+            stalled.close()
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["accepting"] == "error"
+    [retry, comment] = goodbye
+    assert retry.retry is not None
+    assert 3000 <= retry.retry <= 13_000
+    assert comment.comment == "server shutting down, reconnect"
+    assert exited_after < 4 + 5, exited_after
