@@ -214,7 +214,10 @@ def test_event_published_through_nginx_reaches_streams_on_every_replica(
 
         ready = httpx.get(f"{base_url}/readyz", timeout=5)
         assert ready.status_code == 200, ready.text
-        assert ready.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+        assert ready.json() == {
+            "status": "ok",
+            "checks": {"database": "ok", "broker": "ok", "feed": "ok", "accepting": "ok"},
+        }
 
         css = httpx.get(f"{base_url}/static/admin/css/base.css", timeout=5)
         assert css.status_code == 200
