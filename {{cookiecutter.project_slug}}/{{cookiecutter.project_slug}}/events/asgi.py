@@ -9,9 +9,9 @@ runs the whole middleware stack and the DRF view (authentication, permissions, n
 asgiref's single shared thread, for the few milliseconds its setup takes; then the response
 streams from the event loop and holds no thread at all.
 
-No exception may leave the application: Daphne's housekeeping (its loop that reaps finished
+No exception may leave a stream request: Daphne's housekeeping (its loop that reaps finished
 requests and enforces timeouts) stops for good when it meets one from a response that had already
-started. Errors are logged here and the request ends.
+started. ``EventStreamHandler`` logs it and ends the request (with a 500 if nothing was sent yet).
 """
 
 import logging

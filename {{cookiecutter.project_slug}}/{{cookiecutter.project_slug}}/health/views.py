@@ -28,6 +28,10 @@ def check_broker() -> None:
     get_broker().check()
 
 
+class NotReady(Exception):
+    """A readiness check failed for a reason of this process's own."""
+
+
 def check_feed() -> None:
     """This process's live subscription delivers (a process without streams has none yet)."""
     problems = [problem for _, hub in running_hubs() if (problem := hub.problem())]
@@ -38,10 +42,6 @@ def check_feed() -> None:
 def check_accepting() -> None:
     if shutdown.is_draining():
         raise NotReady("shutting down")
-
-
-class NotReady(Exception):
-    pass
 
 
 READINESS_CHECKS: dict[str, Callable[[], None]] = {
