@@ -11,6 +11,7 @@ from tests.services import RedisServer, redis_server
 
 from ..broker import get_broker
 from ..broker.base import Feed
+from ..event import Event
 from ..exceptions import BrokerUnavailable
 from ..hub import Hub, Reset, Subscriber
 from ..publish import apublish, publish
@@ -138,3 +139,43 @@ def test_a_subscriber_is_also_bounded_by_the_bytes_waiting_for_it() -> None:
         return within_limit, subscriber.overflowed
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.events: list[str | None] = []
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event.id)
+
+    def lost_events(self, reset_point: str) -> None:
+        raise AssertionError("no reset expected")
+
+
+def test_a_feed_whose_reader_stopped_says_so_and_restarts_when_next_needed(redis_url: str) -> None:
+    """The supervisor catches every error; should its task end all the same (a BaseException,
+    a cancellation from elsewhere), readiness reports it and the next subscription restarts it."""
+
+    async def scenario() -> tuple[str | None, str | None, list[str | None], str]:
+        broker = get_broker()
+        sink = RecordingSink()
+        feed = broker.open_feed(sink)
+        await feed.subscribe("broadcast")
+        feed._supervisor.cancel()  # type: ignore[attr-defined]  # as if it had died
+        await asyncio.sleep(0.05)
+        stopped = feed.problem()
+        await feed.subscribe("broadcast")  # restarts the reader, which resubscribes
+        running = feed.problem()
+        event = await apublish("note", 1)
+        for _ in range(100):
+            if sink.events:
+                break
+            await asyncio.sleep(0.05)
+        await feed.aclose()
+        return stopped, running, sink.events, event.id or ""
+
+    with override_settings(REDIS_URL=redis_url, EVENTS_REDIS_PREFIX="test-feed-restart"):
+        stopped, running, delivered, published = asyncio.run(scenario())
+    assert stopped == "Redis feed stopped"
+    assert running is None
+    assert delivered == [published]
