@@ -258,3 +258,11 @@ def publish(client: httpx.Client, event_type: str, data: object = None, **addres
     response = client.post("/api/events/", json={"type": event_type, "data": data, **address})
     assert response.status_code == 201, response.text
     return response.json()["id"]
+
+
+def metrics(client: httpx.Client) -> dict:
+    """The stream metrics of the process that answers (staff only). Served without touching
+    Redis: usable while Redis is down or frozen."""
+    response = client.get("/api/events/metrics/")
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -19,7 +19,16 @@ import httpx
 import pytest
 import redis
 
-from .services import Daphne, LiveProject, RedisServer, api, daphne_server, publish, redis_server
+from .services import (
+    Daphne,
+    LiveProject,
+    RedisServer,
+    api,
+    daphne_server,
+    metrics,
+    publish,
+    redis_server,
+)
 from .sse import EventStream, Message, open_stream
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,13 +40,6 @@ FORGED_ID = "99999999999999-0"  # far newer than any real id: would stall a feed
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def metrics(staff: httpx.Client) -> dict:
-    """The staff metrics: served without touching Redis, so usable while Redis is frozen."""
-    response = staff.get("/api/events/metrics/")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def readyz(server: Daphne) -> httpx.Response:

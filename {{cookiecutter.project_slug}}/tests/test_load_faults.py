@@ -37,15 +37,10 @@ from .services import (
     RedisServer,
     api,
     daphne_server,
+    metrics,
     publish,
     redis_server,
 )
-
-
-def metrics(client: httpx.Client) -> dict[str, int]:
-    response = client.get("/api/events/metrics/")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def allow_open_files(count: int) -> None:

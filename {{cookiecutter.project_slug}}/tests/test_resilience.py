@@ -18,18 +18,13 @@ from .services import (
     RedisServer,
     api,
     daphne_server,
+    metrics,
     publish,
     redis_server,
 )
 from .sse import open_stream
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def metrics(client: httpx.Client) -> dict[str, int]:
-    response = client.get("/api/events/metrics/")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def wait_until(condition, timeout: float = 10.0):  # type: ignore[no-untyped-def]
