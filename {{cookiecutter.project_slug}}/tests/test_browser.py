@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from .services import LiveProject, RedisServer, api, daphne_server, require_program
 
@@ -48,6 +48,19 @@ def log_in(page: Page, base_url: str, username: str, password: str) -> None:
     page.wait_for_url(f"{base_url}/")
 
 
+def record_csp_violations(page: Page) -> list[str]:
+    """Chromium's console messages about anything the Content-Security-Policy blocked (an inline
+    script or style without the nonce, a source from elsewhere), as the page logs them."""
+    violations: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            violations.append(message.text)
+
+    page.on("console", on_console)
+    return violations
+
+
 def publish_with_command(project: LiveProject, settings: dict[str, str], *args: str) -> str:
     """Publish with the management command: straight to Redis, no web server needed."""
     result = project.manage("publish_event", *args, **settings)
@@ -70,6 +83,7 @@ def test_demo_page_shows_events_live_and_those_published_while_the_server_was_do
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with daphne_server(live_project, tmp_path, **settings) as server, chromium() as browser:
         page = browser.new_page()
+        csp_violations = record_csp_violations(page)
         log_in(page, server.url, "alice", "password")
         status = page.locator("#status")
         rows = page.locator("#events li")
@@ -104,6 +118,11 @@ def test_demo_page_shows_events_live_and_those_published_while_the_server_was_do
         expect(rows.locator(".type")).to_have_text(["message", "alert", "notice"])
         expect(rows.first.locator(".data")).to_have_text('{\n  "text": "just alice"\n}')
         expect(page.locator("#last-event-id")).to_have_text(private_id)
+        # The admin's pages have nothing inline either (their own scripts and styles are files).
+        page.goto(f"{server.url}/admin/login/")
+        expect(page.locator("#login-form")).to_be_visible()
+    # The login page, the demo page and the admin ran and styled everything under the policy.
+    assert csp_violations == []
 
 
 def test_create_demo_user_refuses_its_well_known_password_outside_debug_unless_forced(

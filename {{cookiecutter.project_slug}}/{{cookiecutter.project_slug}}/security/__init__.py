@@ -1,0 +1,1 @@
+"""Security response headers of the project's own (the Content-Security-Policy is django-csp's)."""
