@@ -19,6 +19,9 @@ PASSWORD = "demo"
 # How long a browser waits before it reconnects a dropped stream: long enough for a test to act
 # while the client is away, short enough to keep the tests quick.
 RETRY_MILLISECONDS = 1500
+# A stopping Daphne spreads its clients' reconnects over this window (10 s by default): short
+# here, so that a browser whose server stops is back within a test's expect timeout.
+SHUTDOWN_RECONNECT_WINDOW_SECONDS = 1
 
 
 @dataclass
@@ -47,6 +50,7 @@ def _settings(directory: Path, redis_url: str, prefix: str) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "EVENTS_REDIS_PREFIX": prefix,
         "EVENTS_RETRY_MILLISECONDS": str(RETRY_MILLISECONDS),
+        "EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS": str(SHUTDOWN_RECONNECT_WINDOW_SECONDS),
         "SECURE_SSL_REDIRECT": "false",
         "SESSION_COOKIE_SECURE": "false",
         "CSRF_COOKIE_SECURE": "false",
