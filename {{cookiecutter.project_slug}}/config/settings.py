@@ -194,5 +194,31 @@ EVENTS_SHUTDOWN_GRACE_SECONDS = env.float("EVENTS_SHUTDOWN_GRACE_SECONDS", defau
 EVENTS_STREAM_MAX_SECONDS = env.float("EVENTS_STREAM_MAX_SECONDS", default=3600.0)
 EVENTS_REDIS_PREFIX = env.str("EVENTS_REDIS_PREFIX", default="events")
 EVENTS_CORS_ALLOWED_ORIGINS = env.list("EVENTS_CORS_ALLOWED_ORIGINS", default=[])
+# Topics every signed-in user may read: shell-style patterns ("news", "news.*"). Any other topic
+# is denied unless EVENTS_TOPIC_AUTHORIZER allows it; staff.* topics are for staff only.
+EVENTS_PUBLIC_TOPICS = env.list("EVENTS_PUBLIC_TOPICS", default=[{% if cookiecutter.include_demo %}"demo"{% endif %}])
 # Who may read which topic: a dotted path to a function (see docs/events.md).
 EVENTS_TOPIC_AUTHORIZER = "{{ cookiecutter.project_slug }}.events.authorization.default_topic_authorizer"
+# Limits per user, over every process: open streams (0 = no limit), and new streams and publishes
+# per minute (DRF throttle rates such as "60/min"; empty = no limit). Over a limit: 429 with
+# Retry-After and a JSON reason.
+EVENTS_MAX_STREAMS_PER_USER = env.int("EVENTS_MAX_STREAMS_PER_USER", default=8)
+EVENTS_STREAM_RATE = env.str("EVENTS_STREAM_RATE", default="60/min")
+EVENTS_PUBLISH_RATE = env.str("EVENTS_PUBLISH_RATE", default="600/min")
+# How long a stream ticket (POST /api/events/tickets/) opens streams, in seconds.
+EVENTS_TICKET_SECONDS = env.int("EVENTS_TICKET_SECONDS", default=30)
+
+# The cache holds the rate limits' counters and the revoked credentials that stream tickets are
+# checked against: in Redis when REDIS_URL is set, so that every process sees the same; otherwise
+# in this process's memory. Short socket timeouts: a frozen Redis must not hang requests.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{EVENTS_REDIS_PREFIX}:cache",
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

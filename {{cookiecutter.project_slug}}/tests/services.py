@@ -174,6 +174,12 @@ def prepare_project(directory: Path) -> LiveProject:
         "SECURE_SSL_REDIRECT": "false",
         "DATABASE_URL": f"sqlite:///{directory / 'live.sqlite3'}",
         "REDIS_URL": "",
+        # Tests open many streams per user and read topics of every name; the tests of limits
+        # and of topic rules set these back.
+        "EVENTS_PUBLIC_TOPICS": "*",
+        "EVENTS_MAX_STREAMS_PER_USER": "0",
+        "EVENTS_STREAM_RATE": "",
+        "EVENTS_PUBLISH_RATE": "",
     }
     project = LiveProject(env)
     for args in (("migrate", "--noinput"), ("shell", "-c", _CREATE_USERS)):

@@ -150,11 +150,21 @@ def test_event_settings_defaults(tmp_path: Path) -> None:
         "EVENTS_STREAM_MAX_SECONDS": 3600.0,
         "EVENTS_REDIS_PREFIX": "events",
         "EVENTS_CORS_ALLOWED_ORIGINS": [],
+        # The demo's topic is public when the demo is installed; nothing else is.
+        "EVENTS_PUBLIC_TOPICS": ["demo"] if _has_demo(settings) else [],
         "EVENTS_TOPIC_AUTHORIZER": settings["EVENTS_TOPIC_AUTHORIZER"],
+        "EVENTS_MAX_STREAMS_PER_USER": 8,
+        "EVENTS_STREAM_RATE": "60/min",
+        "EVENTS_PUBLISH_RATE": "600/min",
+        "EVENTS_TICKET_SECONDS": 30,
     }
     assert settings["EVENTS_TOPIC_AUTHORIZER"].endswith(
         ".events.authorization.default_topic_authorizer"
     )
+
+
+def _has_demo(settings: dict) -> bool:
+    return any(app.endswith(".demo") for app in settings["INSTALLED_APPS"])
 
 
 def test_event_settings_from_the_environment(tmp_path: Path) -> None:
@@ -166,7 +176,13 @@ def test_event_settings_from_the_environment(tmp_path: Path) -> None:
         EVENTS_HISTORY_LENGTH="50",
         EVENTS_REDIS_PREFIX="staging",
         EVENTS_CORS_ALLOWED_ORIGINS="https://app.example.com,https://admin.example.com",
+        EVENTS_PUBLIC_TOPICS="news,scores.*",
+        EVENTS_MAX_STREAMS_PER_USER="0",
+        EVENTS_STREAM_RATE="",
     )
+    assert settings["EVENTS_PUBLIC_TOPICS"] == ["news", "scores.*"]
+    assert settings["EVENTS_MAX_STREAMS_PER_USER"] == 0
+    assert settings["EVENTS_STREAM_RATE"] == ""
     assert settings["EVENTS_HEARTBEAT_SECONDS"] == 0.5
     assert settings["EVENTS_STREAM_MAX_SECONDS"] == 0.0
     assert settings["EVENTS_HISTORY_LENGTH"] == 50

@@ -6,3 +6,8 @@ class EventsConfig(AppConfig):
     label = "events"
     verbose_name = "Events"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from .revocation import connect_signals
+
+        connect_signals()

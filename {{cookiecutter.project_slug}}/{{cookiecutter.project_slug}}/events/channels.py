@@ -11,6 +11,9 @@ from .exceptions import InvalidEvent
 BROADCAST = "broadcast"
 # The channel of the marker entry a reset adds to an empty history: no stream reads it.
 RESET_MARKER = "reset-marker"
+# Where processes tell each other to recheck open streams (broker.base.AccessChange): every feed
+# listens to it; no stream does, and nothing on it is stored.
+CONTROL = "control"
 _USER_PREFIX = "user."
 _TOPIC_PREFIX = "topic."
 

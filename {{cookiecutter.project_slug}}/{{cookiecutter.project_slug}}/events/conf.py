@@ -22,7 +22,12 @@ class EventSettings:
     shutdown_grace_seconds: float
     stream_max_seconds: float
     cors_allowed_origins: tuple[str, ...]
+    public_topics: tuple[str, ...]
     topic_authorizer: str
+    max_streams_per_user: int
+    stream_rate: str | None
+    publish_rate: str | None
+    ticket_seconds: int
 
 
 def event_settings() -> EventSettings:
@@ -45,9 +50,14 @@ def event_settings() -> EventSettings:
         shutdown_grace_seconds=getattr(settings, "EVENTS_SHUTDOWN_GRACE_SECONDS", 3.0),
         stream_max_seconds=getattr(settings, "EVENTS_STREAM_MAX_SECONDS", 3_600.0),
         cors_allowed_origins=tuple(getattr(settings, "EVENTS_CORS_ALLOWED_ORIGINS", ())),
+        public_topics=tuple(getattr(settings, "EVENTS_PUBLIC_TOPICS", ())),
         topic_authorizer=getattr(
             settings,
             "EVENTS_TOPIC_AUTHORIZER",
             f"{__package__}.authorization.default_topic_authorizer",
         ),
+        max_streams_per_user=getattr(settings, "EVENTS_MAX_STREAMS_PER_USER", 8),
+        stream_rate=getattr(settings, "EVENTS_STREAM_RATE", "60/min") or None,
+        publish_rate=getattr(settings, "EVENTS_PUBLISH_RATE", "600/min") or None,
+        ticket_seconds=getattr(settings, "EVENTS_TICKET_SECONDS", 30),
     )

@@ -23,6 +23,9 @@ from .wire import encode_event
 EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 # Sent to a client whose missed events are gone: it should reload its state.
 RESET_TYPE = "reset"
+# Sent, as the last event of a stream, to a client whose access was taken away (revocation.py).
+REVOKED_TYPE = "revoked"
+_RESERVED_TYPES = {RESET_TYPE: "history resets", REVOKED_TYPE: "ended access"}
 # Ids have the shape of Redis stream ids, "<milliseconds>-<sequence>", in both brokers: ASCII
 # digits only (``\d`` would admit other scripts' digits, which Redis refuses), each part an unsigned
 # 64-bit number.
@@ -78,8 +81,10 @@ def validate_type(event_type: object) -> str:
         raise InvalidEvent(
             f"Invalid event type {event_type!r}: use 1-64 letters, digits, '_', '.', ':' or '-'."
         )
-    if event_type == RESET_TYPE:
-        raise InvalidEvent(f"The event type {RESET_TYPE!r} is reserved for history resets.")
+    if event_type in _RESERVED_TYPES:
+        raise InvalidEvent(
+            f"The event type {event_type!r} is reserved for {_RESERVED_TYPES[event_type]}."
+        )
     return event_type
 
 

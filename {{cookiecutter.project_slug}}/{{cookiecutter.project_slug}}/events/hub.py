@@ -4,17 +4,28 @@ Each connected client is a ``Subscriber`` with a bounded buffer. The hub keeps, 
 set of subscribers that want it, so routing one event costs O(recipients), and it subscribes the
 feed to a channel when the first subscriber needs it and unsubscribes when the last one leaves.
 Events arrive already parsed and encoded; all recipients share the same bytes.
+
+When a user's access may have changed (a control message, ``revocation.py``), the hub rechecks
+that user's subscribers, in worker threads (the checks query the database), and ends those whose
+access is gone.
 """
 
 import asyncio
+import logging
 import weakref
 from collections import deque
 from collections.abc import Iterable
 
+from asgiref.sync import sync_to_async
+
+from .access import StreamAccess
 from .broker import get_broker
-from .broker.base import Broker, Feed
+from .broker.base import AccessChange, Broker, Feed
+from .channels import user_channel
 from .event import RESET_TYPE, Event
 from .wire import encode_event
+
+logger = logging.getLogger(__name__)
 
 
 class Reset:
@@ -45,13 +56,23 @@ class Subscriber:
         "_pending",
         "_pending_bytes",
         "_wakeup",
+        "access",
         "channels",
         "overflowed",
+        "revoked",
     )
 
-    def __init__(self, channels: frozenset[str], capacity: int, max_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        channels: frozenset[str],
+        capacity: int,
+        max_bytes: int = 0,
+        access: StreamAccess | None = None,
+    ) -> None:
         self.channels = channels
+        self.access = access
         self.overflowed = False
+        self.revoked: str | None = None  # why its access ended, if it did
         self._capacity = capacity
         self._max_bytes = max_bytes
         self._pending: deque[Event | Reset] = deque()
@@ -59,7 +80,7 @@ class Subscriber:
         self._wakeup = asyncio.Event()
 
     def offer(self, item: Event | Reset) -> None:
-        if self.overflowed:
+        if self.overflowed or self.revoked:
             return
         self._pending_bytes += len(item.wire)
         if len(self._pending) >= self._capacity or 0 < self._max_bytes < self._pending_bytes:
@@ -71,9 +92,20 @@ class Subscriber:
             self._pending.append(item)
         self._wakeup.set()
 
+    def revoke(self, reason: str) -> None:
+        """End this subscriber's stream: nothing more reaches it, not even what is waiting."""
+        self.revoked = reason
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._wakeup.set()
+
+    @property
+    def ended(self) -> bool:
+        return self.overflowed or self.revoked is not None
+
     async def next_batch(self, within: float) -> list[Event | Reset] | None:
         """Everything waiting, or None if nothing arrived within ``within`` seconds."""
-        if not self._pending and not self.overflowed:
+        if not self._pending and not self.ended:
             self._wakeup.clear()
             try:
                 async with asyncio.timeout(within):
@@ -93,6 +125,7 @@ class Hub:
         self._subscribers: dict[str, set[Subscriber]] = {}
         # A channel's first subscriber subscribes the feed; later ones wait for the same future.
         self._ready: dict[str, asyncio.Future[None]] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
     @property
     def subscriber_count(self) -> int:
@@ -106,9 +139,15 @@ class Hub:
         """Why this process cannot deliver events right now, or None (see the feeds' problem())."""
         return self._feed.problem()
 
-    async def join(self, channels: Iterable[str], capacity: int, max_bytes: int = 0) -> Subscriber:
+    async def join(
+        self,
+        channels: Iterable[str],
+        capacity: int,
+        max_bytes: int = 0,
+        access: StreamAccess | None = None,
+    ) -> Subscriber:
         """Register a subscriber; returns once every event published afterwards will reach it."""
-        subscriber = Subscriber(frozenset(channels), capacity, max_bytes)
+        subscriber = Subscriber(frozenset(channels), capacity, max_bytes, access)
         try:
             for channel in subscriber.channels:
                 await self._add(channel, subscriber)
@@ -157,12 +196,43 @@ class Hub:
         for subscriber in self._all_subscribers():
             subscriber.offer(reset)
 
+    def access_changed(self, change: AccessChange) -> None:
+        subscribers = [
+            subscriber
+            for subscriber in self._subscribers.get(user_channel(change.user), ())
+            if subscriber.access is not None and not subscriber.ended
+        ]
+        if subscribers:
+            task = asyncio.create_task(_recheck(subscribers, change))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
     def _all_subscribers(self) -> set[Subscriber]:
         # Every stream reads the broadcast channel, but a union keeps this true for any mix.
         return {s for subscribers in list(self._subscribers.values()) for s in subscribers}
 
     async def aclose(self) -> None:
         await self._feed.aclose()
+
+
+async def _recheck(subscribers: list[Subscriber], change: AccessChange) -> None:
+    for subscriber in subscribers:
+        access = subscriber.access
+        assert access is not None  # only subscribers with an access are rechecked
+        reason = access.ended_by(change.credential, change.reason)
+        if reason is None:
+            try:
+                # Not thread-sensitive: the stream's own request no longer holds a thread.
+                reason = await sync_to_async(access.check, thread_sensitive=False)()
+            except Exception:
+                # Unknown is not revoked: the stream stays, and its reconnects are checked.
+                logger.exception(
+                    "Could not recheck the access of a stream of user %s", access.user_pk
+                )
+                continue
+        if reason is not None:
+            logger.info("Ending a stream of user %s: %s", access.user_pk, reason)
+            subscriber.revoke(reason)
 
 
 def _retrieve_exception(future: "asyncio.Future[None]") -> None:

@@ -38,6 +38,15 @@ class PublishEventSerializer(serializers.Serializer):
         return attrs
 
 
+class StreamTicketSerializer(serializers.Serializer):
+    topics = serializers.ListField(
+        child=serializers.CharField(max_length=64, trim_whitespace=False), default=list
+    )
+
+    def validate_topics(self, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(_checked(validate_topic, topic) for topic in value))
+
+
 def _checked(validator: Any, value: str) -> str:
     try:
         return validator(value)

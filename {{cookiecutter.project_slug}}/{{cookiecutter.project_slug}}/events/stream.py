@@ -9,17 +9,21 @@ comment and a log line, and the client reconnects with its ``Last-Event-ID``.
 """
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Container, Iterable
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from typing import Any
 
 from . import shutdown
+from .access import StreamAccess
 from .broker.base import Broker, HistoryGap
 from .conf import EventSettings
-from .event import Event, parse_event_id
+from .event import REVOKED_TYPE, Event, parse_event_id
 from .exceptions import BrokerUnavailable
 from .hub import Reset, Subscriber, get_hub
-from .wire import HEARTBEAT, encode_comment, encode_retry
+from .wire import HEARTBEAT, encode_comment, encode_event, encode_retry
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,25 @@ async def event_stream(
     channels: frozenset[str],
     last_event_id: str | None,
     settings: EventSettings,
+    access: StreamAccess | None = None,
+    slot: AbstractAsyncContextManager[Any] | None = None,
+) -> AsyncIterator[bytes]:
+    """``slot``: held while the stream runs (the user's share of the open-streams limit)."""
+    # aclosing: a client's disconnect closes this generator, and must close the inner one now
+    # (leaving the hub), not when the garbage collector gets to it.
+    async with (
+        slot or nullcontext(),
+        aclosing(_event_stream(channels, last_event_id, settings, access)) as chunks,
+    ):
+        async for chunk in chunks:
+            yield chunk
+
+
+async def _event_stream(
+    channels: frozenset[str],
+    last_event_id: str | None,
+    settings: EventSettings,
+    access: StreamAccess | None,
 ) -> AsyncIterator[bytes]:
     if shutdown.is_draining():
         yield shutdown.goodbye(settings)
@@ -44,7 +67,7 @@ async def event_stream(
     retry = encode_retry(settings.retry_milliseconds)
     try:
         subscriber = await hub.join(
-            channels, settings.client_queue_size, settings.client_max_backlog_bytes
+            channels, settings.client_queue_size, settings.client_max_backlog_bytes, access
         )
     except BrokerUnavailable as error:
         logger.warning("Stream closed at start: %s", error)
@@ -80,6 +103,8 @@ async def _stream(
         replay = Replay(broker, subscriber.channels, last_event_id)
         first = True
         async for wire in replay.chunks():
+            if subscriber.revoked:
+                break
             yield retry + wire if first else wire
             first = False
         if first:
@@ -124,7 +149,7 @@ async def _live(
     if settings.stream_max_seconds > 0:
         lifetime = settings.stream_max_seconds * (1 - _LIFETIME_JITTER * random.random())
         deadline = loop.time() + lifetime
-    while not subscriber.overflowed:
+    while not subscriber.ended:
         wait = settings.heartbeat_seconds
         if deadline is not None:
             wait = min(wait, deadline - loop.time())
@@ -139,6 +164,10 @@ async def _live(
             batch, replay_end = _skip_replayed(batch, replay_end)
         for chunk in _chunks(item.wire for item in batch):
             yield chunk
+    if subscriber.revoked:
+        # No id: the client's Last-Event-ID stays where its events stopped.
+        yield encode_event(json.dumps({"reason": subscriber.revoked}), event_type=REVOKED_TYPE)
+        return
     logger.info(
         "Ended the stream of a client that fell behind (over %d events or %d bytes waiting)",
         settings.client_queue_size,

@@ -1,12 +1,13 @@
 from django.urls import path
 
 from .metrics import StreamMetricsView
-from .views import EventStreamView, PublishEventView
+from .views import EventStreamView, PublishEventView, StreamTicketView
 
 app_name = "events"
 
 urlpatterns = [
     path("", PublishEventView.as_view(), name="publish"),
     path("stream/", EventStreamView.as_view(), name="stream"),
+    path("tickets/", StreamTicketView.as_view(), name="tickets"),
     path("metrics/", StreamMetricsView.as_view(), name="metrics"),
 ]

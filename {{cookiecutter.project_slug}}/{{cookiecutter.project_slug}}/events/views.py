@@ -1,28 +1,39 @@
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings as django_settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponseBase, StreamingHttpResponse
+from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from rest_framework import status
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied, Throttled, ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from .authorization import topic_authorizer
+from .access import Credential, StreamAccess
+from .authorization import denied_topics
+from .broker import get_broker
 from .channels import BROADCAST, topic_channel, user_channel, validate_topic
-from .conf import event_settings
+from .conf import EventSettings, event_settings
 from .event import parse_event_id
 from .exceptions import BrokerUnavailable, EventTooLarge, InvalidEvent, InvalidEventId
+from .limits import PublishRateThrottle, StreamRateThrottle
 from .parsers import EventJSONParser
 from .permissions import CanPublishEvents
 from .publish import publish
 from .renderers import EventStreamRenderer
-from .serializers import PublishEventSerializer
+from .serializers import PublishEventSerializer, StreamTicketSerializer
 from .stream import event_stream
+from .tickets import TICKET_PARAMETER, StreamTicket, StreamTicketAuthentication
+
+# Told to a client over the open-streams limit: slots free up as soon as a stream closes.
+_STREAM_LIMIT_RETRY_SECONDS = 10
 
 
 class EventStreamView(APIView):
@@ -30,39 +41,36 @@ class EventStreamView(APIView):
 
     A client receives broadcasts, its own private events and the topics it asks for with
     ``?topic=a&topic=b``. It resumes after ``Last-Event-ID`` (header, or ``?last_event_id=``).
-    Errors are JSON with a real status (401, 403, 400), never a stream that ends at once.
+    It authenticates like the rest of the API, or with a stream ticket (``?ticket=``), which then
+    sets the topics. Errors are JSON with a real status (401, 403, 400, 429), never a stream that
+    ends at once.
     """
 
     renderer_classes = [EventStreamRenderer, JSONRenderer]
+    authentication_classes = [
+        *api_settings.DEFAULT_AUTHENTICATION_CLASSES,
+        StreamTicketAuthentication,
+    ]
     permission_classes = [IsAuthenticated]
+    throttle_classes = [StreamRateThrottle]
 
     def get(self, request: Request) -> StreamingHttpResponse:
         settings = event_settings()
-        topics = self._readable_topics(request, settings.max_topics_per_stream)
+        ticket = request.auth if isinstance(request.auth, StreamTicket) else None
+        topics = _readable_topics(request, settings.max_topics_per_stream, ticket)
         last_event_id = self._last_event_id(request)
-        channels = frozenset(
-            [BROADCAST, user_channel(request.user.pk), *map(topic_channel, topics)]
+        user_key = str(request.user.pk)
+        channels = frozenset([BROADCAST, user_channel(user_key), *map(topic_channel, topics)])
+        credential = ticket.credential if ticket else Credential.of_request(request)
+        access = StreamAccess(user_key, credential, tuple(topics))
+        stream = event_stream(
+            channels, last_event_id, settings, access, _stream_slot(user_key, settings)
         )
-        stream = event_stream(channels, last_event_id, settings)
         response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         # nginx buffers proxied responses unless told not to; the stream must flush every event.
         response["X-Accel-Buffering"] = "no"
         return response
-
-    def _readable_topics(self, request: Request, limit: int) -> list[str]:
-        topics = list(dict.fromkeys(request.query_params.getlist("topic")))
-        if len(topics) > limit:
-            raise ValidationError({"topic": [f"At most {limit} topics per stream."]})
-        try:
-            topics = [validate_topic(topic) for topic in topics]
-        except InvalidEvent as error:
-            raise ValidationError({"topic": [str(error)]}) from error
-        may_read = topic_authorizer()
-        denied = [topic for topic in topics if not may_read(request.user, topic)]
-        if denied:
-            raise PermissionDenied(f"You may not read topic(s): {', '.join(denied)}.")
-        return topics
 
     def _last_event_id(self, request: Request) -> str | None:
         last_event_id = request.headers.get("Last-Event-ID") or request.query_params.get(
@@ -97,11 +105,74 @@ def _allow_listed_origin(request: Request, response: HttpResponseBase) -> None:
     patch_vary_headers(response, ["Origin"])
 
 
+def _readable_topics(request: Request, limit: int, ticket: StreamTicket | None) -> list[str]:
+    topics = list(dict.fromkeys(request.query_params.getlist("topic")))
+    if ticket is not None:
+        outside = [topic for topic in topics if topic not in ticket.topics]
+        if outside:
+            raise PermissionDenied(f"This stream ticket is not for topic(s): {', '.join(outside)}.")
+        topics = list(ticket.topics)
+    if len(topics) > limit:
+        raise ValidationError({"topic": [f"At most {limit} topics per stream."]})
+    try:
+        topics = [validate_topic(topic) for topic in topics]
+    except InvalidEvent as error:
+        raise ValidationError({"topic": [str(error)]}) from error
+    denied = denied_topics(request.user, topics)
+    if denied:
+        raise PermissionDenied(f"You may not read topic(s): {', '.join(denied)}.")
+    return topics
+
+
+def _stream_slot(user_key: str, settings: EventSettings) -> AbstractAsyncContextManager[Any]:
+    """What the stream holds while it runs: one of its user's EVENTS_MAX_STREAMS_PER_USER."""
+    limit = settings.max_streams_per_user
+    if limit <= 0:
+        return nullcontext()
+    slots = get_broker().stream_slots
+    slot = slots.acquire(user_key, limit)
+    if slot is None:
+        raise Throttled(
+            wait=_STREAM_LIMIT_RETRY_SECONDS,
+            detail=f"Too many open streams: at most {limit} per user. Close one first.",
+        )
+    return slots.hold(slot)
+
+
+class StreamTicketView(APIView):
+    """``POST {"topics": [...]}``: a ticket that opens streams of those topics for a short time.
+
+    Answers 201 with ``ticket``, ``expires_in`` (seconds) and ``url`` (the stream URL with it).
+    """
+
+    throttle_classes = [StreamRateThrottle]
+
+    def post(self, request: Request) -> Response:
+        settings = event_settings()
+        serializer = StreamTicketSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        requested = serializer.validated_data["topics"]
+        if len(requested) > settings.max_topics_per_stream:
+            limit = settings.max_topics_per_stream
+            raise ValidationError({"topics": [f"At most {limit} topics per stream."]})
+        denied = denied_topics(request.user, requested)
+        if denied:
+            raise PermissionDenied(f"You may not read topic(s): {', '.join(denied)}.")
+        ticket = StreamTicket(
+            str(request.user.pk), tuple(requested), Credential.of_request(request)
+        )
+        signed = ticket.sign()
+        url = f"{reverse('events:stream')}?{urlencode({TICKET_PARAMETER: signed})}"
+        body = {"ticket": signed, "expires_in": settings.ticket_seconds, "url": url}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
 class PublishEventView(APIView):
     """``POST``: publish an event; answers 201 with its id, or 4xx/503 with a reason."""
 
     permission_classes = [IsAuthenticated, CanPublishEvents]
     parser_classes = [EventJSONParser]
+    throttle_classes = [PublishRateThrottle]
 
     def post(self, request: Request) -> Response:
         try:

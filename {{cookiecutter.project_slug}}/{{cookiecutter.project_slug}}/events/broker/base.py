@@ -4,15 +4,49 @@ Two implementations: ``RedisBroker`` (any number of processes and hosts) and ``I
 (one process; the embedded default when ``REDIS_URL`` is unset).
 """
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Container, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..event import Draft, Event
+from .slots import StreamSlots
 
 
 class HistoryGap(Exception):
     """History no longer holds the event to resume after (trimmed, or Redis lost its data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessChange:
+    """A control message to every process: recheck the open streams of ``user`` (a primary key).
+
+    ``credential`` (a fingerprint, see access.py) names a session or token that no longer
+    authenticates: streams opened with it end at once, for ``reason``, without asking the
+    database (which may not know yet). Carried outside history: only processes with streams open
+    now care, and forging one can only make streams recheck their access.
+    """
+
+    user: str
+    credential: str | None = None
+    reason: str | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps([self.user, self.credential, self.reason]).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "AccessChange":
+        """Raises ValueError unless ``payload`` is what ``encode`` makes."""
+        fields = json.loads(payload)
+        if not (
+            isinstance(fields, list)
+            and len(fields) == 3
+            and isinstance(fields[0], str)
+            and all(field is None or isinstance(field, str) for field in fields[1:])
+        ):
+            raise ValueError(f"not an access change: {payload[:100]!r}")
+        return cls(*fields)
 
 
 class FeedSink(Protocol):
@@ -23,6 +57,8 @@ class FeedSink(Protocol):
     def lost_events(self, reset_point: str) -> None:
         """Events may have been missed and history cannot bridge the gap: clients must reset
         their state as of ``reset_point`` (see Broker.reset_point)."""
+
+    def access_changed(self, change: AccessChange) -> None: ...
 
 
 class Feed(ABC):
@@ -45,6 +81,8 @@ class Feed(ABC):
 
 
 class Broker(ABC):
+    stream_slots: StreamSlots  # the open streams of each user, over every process of this broker
+
     @abstractmethod
     def publish(self, draft: Draft) -> Event:
         """Store and deliver an event; returns it with its id. Raises BrokerUnavailable."""
@@ -72,6 +110,11 @@ class Broker(ABC):
         If history is empty (a Redis restart without persistence), a marker entry is added, that
         no reader receives, so that the point is an id in history all the same: without one, the
         client would resume with no ``Last-Event-ID`` and silently miss what came meanwhile."""
+
+    @abstractmethod
+    def signal_access_change(self, change: AccessChange) -> None:
+        """Send ``change`` to the feeds of every process (the sender's included).
+        Raises BrokerUnavailable."""
 
     @abstractmethod
     def open_feed(self, sink: FeedSink) -> Feed: ...

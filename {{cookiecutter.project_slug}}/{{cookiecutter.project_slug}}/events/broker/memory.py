@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Container, Iterable
 
 from ..channels import RESET_MARKER
 from ..event import Draft, Event, parse_event_id
-from .base import Broker, Feed, FeedSink, HistoryGap
+from .base import AccessChange, Broker, Feed, FeedSink, HistoryGap
+from .slots import MemoryStreamSlots
 
 # Replay hands out history in pages of this many events, yielding to the event loop in between.
 HISTORY_PAGE_SIZE = 50
@@ -26,6 +27,7 @@ class InMemoryBroker(Broker):
         self._lock = threading.Lock()
         self._last_id = (0, 0)
         self._feeds: set[_MemoryFeed] = set()
+        self.stream_slots = MemoryStreamSlots()
 
     def publish(self, draft: Draft) -> Event:
         with self._lock:
@@ -81,6 +83,11 @@ class InMemoryBroker(Broker):
         assert newest is not None  # stored events have ids
         return newest
 
+    def signal_access_change(self, change: AccessChange) -> None:
+        with self._lock:
+            for feed in self._feeds:
+                feed.access_changed_threadsafe(change)
+
     def open_feed(self, sink: FeedSink) -> Feed:
         feed = _MemoryFeed(self, sink, asyncio.get_running_loop())
         with self._lock:
@@ -109,6 +116,9 @@ class _MemoryFeed(Feed):
 
     def deliver_threadsafe(self, event: Event) -> None:
         self._loop.call_soon_threadsafe(self._deliver_if_subscribed, event)
+
+    def access_changed_threadsafe(self, change: AccessChange) -> None:
+        self._loop.call_soon_threadsafe(self._sink.access_changed, change)
 
     def _deliver_if_subscribed(self, event: Event) -> None:
         if event.channel in self.channels:

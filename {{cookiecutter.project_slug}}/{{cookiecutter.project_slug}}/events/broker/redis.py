@@ -20,12 +20,13 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..channels import RESET_MARKER
+from ..channels import CONTROL, RESET_MARKER
 from ..event import Draft, Event, parse_envelope, parse_event_id
 from ..exceptions import BrokerUnavailable, EventError
 from ..malformed import report_malformed
-from .base import Broker, Feed, FeedSink, HistoryGap
+from .base import AccessChange, Broker, Feed, FeedSink, HistoryGap
 from .redis_feed import RedisFeed
+from .redis_slots import RedisStreamSlots
 
 _PUBLISH = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
@@ -79,9 +80,18 @@ class RedisBroker(Broker):
         self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS)
         self._publish_script = self._client.register_script(_PUBLISH)
         self._reset_point_script = self._client.register_script(_RESET_POINT)
+        self.stream_slots = RedisStreamSlots(self)
         # redis.asyncio clients belong to the event loop that created them.
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
         self._async_clients = weakref.WeakKeyDictionary()
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def sync_client(self) -> redis.Redis:
+        return self._client
 
     def pubsub_channel(self, channel: str) -> str:
         return f"{self._prefix}:{channel}"
@@ -208,6 +218,12 @@ class RedisBroker(Broker):
             )
             return None
         return event if channels is None or event.channel in channels else None
+
+    def signal_access_change(self, change: AccessChange) -> None:
+        try:
+            self._client.publish(self.pubsub_channel(CONTROL), change.encode())
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 
     def open_feed(self, sink: FeedSink) -> Feed:
         return RedisFeed(self, sink)

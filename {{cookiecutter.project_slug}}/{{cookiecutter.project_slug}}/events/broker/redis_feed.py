@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio as aioredis
 
+from ..channels import CONTROL
 from ..event import parse_envelope, parse_event_id
 from ..exceptions import BrokerUnavailable
 from ..malformed import report_malformed
-from .base import Feed, FeedSink, HistoryGap
+from .base import AccessChange, Feed, FeedSink, HistoryGap
 from .signing import verified_id
 
 if TYPE_CHECKING:
@@ -180,9 +181,8 @@ class RedisFeed(Feed):
         if not catch_up:
             self._advance(await self._broker.latest_event_id())
         held: list[dict[str, Any]] = []
-        channels = {self._broker.pubsub_channel(channel) for channel in self._channels}
-        if channels:
-            await pubsub.subscribe(*channels)
+        channels = {self._broker.pubsub_channel(channel) for channel in {*self._channels, CONTROL}}
+        await pubsub.subscribe(*channels)
         while channels:  # every SUBSCRIBE confirmed before history is read
             message = await pubsub.get_message(timeout=self._health_check_seconds)
             if message is None:
@@ -243,7 +243,10 @@ class RedisFeed(Feed):
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message":
-            self._handle_event(message["channel"], message["data"])
+            if self._broker.channel_of(message["channel"]) == CONTROL:
+                self._sink.access_changed(AccessChange.decode(message["data"]))
+            else:
+                self._handle_event(message["channel"], message["data"])
         elif kind == "subscribe":
             waiters = self._confirmations.get(self._broker.channel_of(message["channel"]))
             while waiters:

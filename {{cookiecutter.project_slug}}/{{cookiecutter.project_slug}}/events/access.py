@@ -1,0 +1,141 @@
+"""What an open stream was granted, and whether it still holds.
+
+A stream is opened with a credential (a session, a token, or a stream ticket that one of those
+issued) for some topics. When a user's access may have changed (``revocation.py``), every
+process rechecks that user's open streams: ``StreamAccess.check()`` asks the database whether the
+credential still authenticates the user and whether the rule still lets them read each topic, and
+gives the reason the stream must end, or None.
+
+Credentials are named by a fingerprint, an HMAC keyed by ``SECRET_KEY``: it travels in control
+messages and in tickets (which go in URLs) and reveals nothing of the secret.
+"""
+
+import logging
+from dataclasses import dataclass
+from importlib import import_module
+
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
+from django.utils.crypto import constant_time_compare, salted_hmac
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authtoken.models import Token
+from rest_framework.request import Request
+
+from .authorization import denied_topics
+
+logger = logging.getLogger(__name__)
+
+# Why a stream ended: the ``reason`` of its closing ``revoked`` event (see docs/events.md).
+SESSION_ENDED = "session-ended"
+TOKEN_DELETED = "token-deleted"
+PASSWORD_CHANGED = "password-changed"
+USER_INACTIVE = "user-inactive"
+TOPIC_DENIED = "topic-denied"
+
+SESSION = "session"
+TOKEN = "token"
+
+
+def fingerprint(secret: str) -> str:
+    return salted_hmac("events.access.fingerprint", secret).hexdigest()[:32]
+
+
+def revoked_credential_key(credential: str) -> str:
+    """Cache key under which a revoked credential's reason is kept (read by stream tickets)."""
+    return f"events:revoked-credential:{credential}"
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """How a stream authenticated: ``kind`` is SESSION or TOKEN, ``fingerprint`` names it.
+
+    ``secret`` (the session or token key) stays in this process's memory, and is None when the
+    stream came with a ticket: only the fingerprint travels. ``session_hash`` is the user's
+    session auth hash when a session issued it, which changes with the password.
+    """
+
+    kind: str
+    fingerprint: str
+    secret: str | None = None
+    session_hash: str | None = None
+
+    @classmethod
+    def of_request(cls, request: Request) -> "Credential | None":
+        """The credential a DRF request authenticated with (None for other authentications)."""
+        authenticator = request.successful_authenticator
+        if isinstance(authenticator, TokenAuthentication) and isinstance(request.auth, Token):
+            return cls(TOKEN, fingerprint(request.auth.key), secret=request.auth.key)
+        if isinstance(authenticator, SessionAuthentication):
+            key = request.session.session_key
+            if key:
+                user = request.user
+                return cls(SESSION, fingerprint(key), key, user.get_session_auth_hash())
+        return None
+
+    def problem(self, user: AbstractBaseUser) -> str | None:
+        """Why this credential no longer authenticates ``user`` (fresh from the database)."""
+        if not user.is_active:
+            return USER_INACTIVE
+        if self.kind == TOKEN:
+            if self.secret is not None:
+                exists = Token.objects.filter(key=self.secret, user=user).exists()
+            else:  # from a ticket: find the user's tokens by fingerprint
+                keys = Token.objects.filter(user=user).values_list("key", flat=True)
+                exists = any(constant_time_compare(fingerprint(k), self.fingerprint) for k in keys)
+            return None if exists else TOKEN_DELETED
+        if self.secret is not None:
+            return _session_problem(self.secret, user)
+        # From a ticket: the session itself cannot be looked up, but its end was recorded.
+        revoked = cache.get(revoked_credential_key(self.fingerprint))
+        if revoked:
+            return str(revoked)
+        if self.session_hash and not _session_hash_matches(user, self.session_hash):
+            return PASSWORD_CHANGED
+        return None
+
+
+def _session_problem(session_key: str, user: AbstractBaseUser) -> str | None:
+    # Django's checks (auth.get_user), read-only: get_user may flush the session or give it a
+    # new key, which the browser, holding the old one in its cookie, would never learn.
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    if str(session.get(auth.SESSION_KEY)) != str(user.pk):
+        return SESSION_ENDED
+    if not _session_hash_matches(user, session.get(auth.HASH_SESSION_KEY) or ""):
+        return PASSWORD_CHANGED
+    return None
+
+
+def _session_hash_matches(user: AbstractBaseUser, session_hash: str) -> bool:
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    return any(constant_time_compare(known, session_hash) for known in hashes)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAccess:
+    """What one open stream was granted: to whom, with which credential, for which topics."""
+
+    user_pk: str
+    credential: Credential | None
+    topics: tuple[str, ...]
+
+    def ended_by(self, credential: str | None, reason: str | None) -> str | None:
+        """The reason to end at once if ``credential`` (a control message's) is this stream's."""
+        if credential and self.credential and self.credential.fingerprint == credential:
+            return reason or SESSION_ENDED
+        return None
+
+    def check(self) -> str | None:
+        """Why this stream must end now, or None if its access holds. Queries the database."""
+        user_model = auth.get_user_model()
+        user = user_model._default_manager.filter(pk=self.user_pk).first()
+        if user is None:
+            return USER_INACTIVE
+        if self.credential is not None:
+            problem = self.credential.problem(user)
+            if problem:
+                return problem
+        if denied_topics(user, self.topics):
+            return TOPIC_DENIED
+        return None
