@@ -272,3 +272,20 @@ def metrics(client: httpx.Client) -> dict:
     response = client.get("/api/events/metrics/")
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@contextmanager
+def signed_in_browser(server: Daphne, username: str, password: str = "password") -> Iterator[httpx.Client]:
+    """A client holding a session cookie, signed in through the login form as a browser is."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        client.get("/accounts/login/").raise_for_status()
+        response = client.post(
+            "/accounts/login/",
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            },
+        )
+        assert response.status_code == 302, response.text
+        yield client

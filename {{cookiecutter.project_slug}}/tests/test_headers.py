@@ -12,7 +12,7 @@ from django.http import HttpResponseBase
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from .services import Daphne, LiveProject, daphne_server
+from .services import Daphne, LiveProject, daphne_server, signed_in_browser
 from .sse import open_stream
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,23 +100,6 @@ def daphne(live_project: LiveProject, tmp_path_factory: pytest.TempPathFactory) 
         CSRF_COOKIE_SECURE="false",
     ) as server:
         yield server
-
-
-@contextmanager
-def signed_in_browser(server: Daphne, username: str) -> Iterator[httpx.Client]:
-    """A client holding a session cookie, signed in through the login form as a browser is."""
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        client.get("/accounts/login/").raise_for_status()
-        response = client.post(
-            "/accounts/login/",
-            data={
-                "username": username,
-                "password": "password",
-                "csrfmiddlewaretoken": client.cookies["csrftoken"],
-            },
-        )
-        assert response.status_code == 302, response.text
-        yield client
 
 
 def test_the_stream_of_a_signed_in_browser_keeps_exactly_no_cache(daphne: Daphne) -> None:
