@@ -3,7 +3,6 @@ user is shown (pages, API JSON) is never stored by a cache, while the event stre
 ``no-cache``."""
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
