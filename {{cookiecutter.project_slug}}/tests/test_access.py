@@ -8,7 +8,9 @@ long-lived secret in the URL, and stop working with the credential that asked fo
 """
 
 import json
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from .services import (
     signed_in_browser,
 )
 from .sse import EventStream, Message, open_stream
+
+LEASE_SECONDS = 30  # events/broker/slots.py
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -198,6 +202,32 @@ def test_rates_of_new_streams_and_publishes_are_per_user_and_shared_by_processes
         response = staff_first.post("/api/events/", json={"type": "three", "data": None})
         assert response.status_code == 429
         assert int(response.headers["Retry-After"]) > 0
+
+
+@pytest.mark.proof
+@pytest.mark.timeout(180)
+def test_the_streams_of_a_crashed_process_stop_counting_after_their_lease(
+    pair: Pair, user: User, live_project: LiveProject, tmp_path
+) -> None:
+    """A process killed with its streams open never gives their slots back: they expire."""
+    with daphne_server(live_project, tmp_path, **pair.first.env) as doomed:
+        with api(doomed, user.token) as client:
+            with open_stream(client) as one, open_stream(client) as two:
+                one.take_all(1)
+                two.take_all(1)
+                os.kill(doomed.pid, signal.SIGKILL)
+                killed = time.monotonic()
+    with api(pair.first, user.token) as client:
+        assert stream_status(client).status_code == 429  # still counted, for now
+        while stream_status_or_open(client) == 429:
+            assert time.monotonic() - killed < LEASE_SECONDS + 15, "the slots never expired"
+            time.sleep(1)
+    print(f"RELIABILITY: crashed-process slots expired after {time.monotonic() - killed:.0f} s")
+
+
+def stream_status_or_open(client: httpx.Client) -> int:
+    with client.stream("GET", "/api/events/stream/") as response:
+        return response.status_code
 
 
 # --- Revocation -------------------------------------------------------------------------------
