@@ -35,6 +35,7 @@ def nginx_config(
     wsgi_upstream: str | None = None,
     static_root: Path | None = None,
     worker_connections: int = 1024,
+    streams_per_ip: int | None = None,
 ) -> Path:
     """Write nginx.conf (and the rendered site) into ``directory``; returns its path.
 
@@ -42,12 +43,18 @@ def nginx_config(
     lines. Static files come from ``static_root`` (default: the project's staticfiles/). Its one
     worker holds ``worker_connections`` connections (default 1024, as in the nginx image's
     nginx.conf); each proxied stream takes two, the client's and the upstream's.
+    ``streams_per_ip`` is the template's limit of open streams per client address; by default it
+    is ``worker_connections``, a limit the worker reaches first: every client of a test comes from
+    127.0.0.1, and hundreds of them must not be refused as one address.
     Run it with ``nginx -p <directory> -c <config> -g "daemon off; pid <directory>/nginx.pid;"``.
     """
     variables = {
         "NGINX_PORT": f"127.0.0.1:{port}",
         "NGINX_ASGI_UPSTREAM": ";\n    server ".join(asgi_upstreams),
         "NGINX_STATIC_ROOT": str(static_root or project / "staticfiles"),
+        "NGINX_STREAMS_PER_IP": str(
+            worker_connections if streams_per_ip is None else streams_per_ip
+        ),
     }
     if wsgi_upstream is not None:
         variables["NGINX_WSGI_UPSTREAM"] = wsgi_upstream
