@@ -74,6 +74,7 @@ def test_demo_page_shows_events_live_and_those_published_while_the_server_was_do
     settings = {
         "REDIS_URL": redis_service.url,
         "EVENTS_REDIS_PREFIX": "test-browser",
+        "EVENTS_PUBLIC_TOPICS": "demo",  # the default: the demo's topic, nothing else
         # The browser reconnects this long after losing the stream.
         "EVENTS_RETRY_MILLISECONDS": "300",
         # Plain http on loopback: cookies marked Secure would not be sent back.
@@ -123,6 +124,41 @@ def test_demo_page_shows_events_live_and_those_published_while_the_server_was_do
         expect(page.locator("#login-form")).to_be_visible()
     # The login page, the demo page and the admin ran and styled everything under the policy.
     assert csp_violations == []
+
+
+def test_demo_page_explains_a_refused_stream_and_an_ended_access(
+    live_project: LiveProject, tmp_path: Path
+) -> None:
+    """An EventSource never says why the server refused it: the page asks, and shows the reason
+    (a 429 and when it tries again; a 401 after signing out elsewhere)."""
+    settings = {
+        "REDIS_URL": "",
+        "EVENTS_PUBLIC_TOPICS": "demo",
+        "EVENTS_MAX_STREAMS_PER_USER": "1",
+        "EVENTS_RETRY_MILLISECONDS": "300",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+    }
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with daphne_server(live_project, tmp_path, **settings) as server, chromium() as browser:
+        context = browser.new_context()  # one browser session: its tabs share the cookie
+        first = context.new_page()
+        log_in(first, server.url, "bob", "password")
+        expect(first.locator("#status")).to_have_attribute("data-state", "open")
+
+        second = context.new_page()
+        second.goto(f"{server.url}/")
+        expect(second.locator("#status")).to_contain_text("Too many streams (429)")
+        expect(second.locator("#status")).to_contain_text("at most 1 per user")
+
+        cookies = {cookie["name"]: cookie["value"] for cookie in context.cookies()}
+        logout = context.request.post(
+            f"{server.url}/accounts/logout/", headers={"X-CSRFToken": cookies["csrftoken"]}
+        )
+        assert logout.ok, logout.status
+        expect(first.locator("#events li").first).to_have_attribute("data-type", "revoked")
+        expect(first.locator("#status")).to_have_text("Signed out: sign in again to receive events.")
+        context.close()
 
 
 def test_create_demo_user_refuses_its_well_known_password_outside_debug_unless_forced(
