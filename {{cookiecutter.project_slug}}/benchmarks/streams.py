@@ -407,6 +407,10 @@ def prepare_project(work_dir: Path, redis_url: str, prefix: str, users: int) -> 
         "REDIS_URL": redis_url,
         # A prefix of this run's own, so that a shared Redis keeps its real events apart.
         "EVENTS_REDIS_PREFIX": prefix,
+        # Limits checked, as in production, but never reached: their cost is part of the figures.
+        "EVENTS_MAX_STREAMS_PER_USER": "1000000",
+        "EVENTS_STREAM_RATE": "1000000/min",
+        "EVENTS_PUBLISH_RATE": "1000000/min",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }

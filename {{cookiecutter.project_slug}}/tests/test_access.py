@@ -210,13 +210,16 @@ def test_the_streams_of_a_crashed_process_stop_counting_after_their_lease(
     pair: Pair, user: User, live_project: LiveProject, tmp_path
 ) -> None:
     """A process killed with its streams open never gives their slots back: they expire."""
-    with daphne_server(live_project, tmp_path, **pair.first.env) as doomed:
-        with api(doomed, user.token) as client:
-            with open_stream(client) as one, open_stream(client) as two:
-                one.take_all(1)
-                two.take_all(1)
-                os.kill(doomed.pid, signal.SIGKILL)
-                killed = time.monotonic()
+    with (
+        daphne_server(live_project, tmp_path, **pair.first.env) as doomed,
+        api(doomed, user.token) as client,
+        open_stream(client) as one,
+        open_stream(client) as two,
+    ):
+        one.take_all(1)
+        two.take_all(1)
+        os.kill(doomed.pid, signal.SIGKILL)
+        killed = time.monotonic()
     with api(pair.first, user.token) as client:
         assert stream_status(client).status_code == 429  # still counted, for now
         while stream_status_or_open(client) == 429:

@@ -157,7 +157,9 @@ def test_demo_page_explains_a_refused_stream_and_an_ended_access(
         )
         assert logout.ok, logout.status
         expect(first.locator("#events li").first).to_have_attribute("data-type", "revoked")
-        expect(first.locator("#status")).to_have_text("Signed out: sign in again to receive events.")
+        expect(first.locator("#status")).to_have_text(
+            "Signed out: sign in again to receive events."
+        )
         context.close()
 
 
