@@ -275,7 +275,9 @@ def metrics(client: httpx.Client) -> dict:
 
 
 @contextmanager
-def signed_in_browser(server: Daphne, username: str, password: str = "password") -> Iterator[httpx.Client]:
+def signed_in_browser(
+    server: Daphne, username: str, password: str = "password"
+) -> Iterator[httpx.Client]:
     """A client holding a session cookie, signed in through the login form as a browser is."""
     with httpx.Client(base_url=server.url, timeout=10) as client:
         client.get("/accounts/login/").raise_for_status()
