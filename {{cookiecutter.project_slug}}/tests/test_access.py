@@ -376,6 +376,24 @@ def test_a_ticket_opens_its_users_stream_of_its_topics_without_other_credentials
         assert forged.json() == {"detail": "Invalid stream ticket."}
 
 
+def test_a_stream_may_read_fewer_topics_than_its_ticket(pair: Pair, user: User) -> None:
+    with api(pair.first, user.token) as client:
+        issued = ticket_for(client, "news", "scores.golf")
+    with (
+        httpx.Client(base_url=pair.first.url, timeout=10) as anonymous,
+        anonymous.stream(
+            "GET", "/api/events/stream/", params={"ticket": issued["ticket"], "topic": "news"}
+        ) as response,
+        api(pair.first, pair.project.tokens["staff"]) as staff,
+    ):
+        assert response.status_code == 200
+        stream = EventStream(response)
+        stream.take_all(1)
+        publish(staff, "not-asked-for", topic="scores.golf")
+        publish(staff, "asked-for", topic="news")
+        assert stream.take(1)[0].event == "asked-for"
+
+
 def test_a_ticket_expires(pair: Pair, user: User) -> None:
     with api(pair.first, user.token) as client:
         issued = ticket_for(client)

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
+from django.db import close_old_connections
 from django.utils.crypto import constant_time_compare, salted_hmac
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -125,6 +126,15 @@ class StreamAccess:
         if credential and self.credential and self.credential.fingerprint == credential:
             return reason or SESSION_ENDED
         return None
+
+    def check_in_worker_thread(self) -> str | None:
+        """``check()`` from a thread outside any request: Django closes a request's database
+        connections when it ends; here nothing would, so this does."""
+        close_old_connections()
+        try:
+            return self.check()
+        finally:
+            close_old_connections()
 
     def check(self) -> str | None:
         """Why this stream must end now, or None if its access holds. Queries the database."""

@@ -223,7 +223,9 @@ async def _recheck(subscribers: list[Subscriber], change: AccessChange) -> None:
         if reason is None:
             try:
                 # Not thread-sensitive: the stream's own request no longer holds a thread.
-                reason = await sync_to_async(access.check, thread_sensitive=False)()
+                reason = await sync_to_async(
+                    access.check_in_worker_thread, thread_sensitive=False
+                )()
             except Exception:
                 # Unknown is not revoked: the stream stays, and its reconnects are checked.
                 logger.exception(

@@ -107,11 +107,11 @@ def _allow_listed_origin(request: Request, response: HttpResponseBase) -> None:
 
 def _readable_topics(request: Request, limit: int, ticket: StreamTicket | None) -> list[str]:
     topics = list(dict.fromkeys(request.query_params.getlist("topic")))
-    if ticket is not None:
+    if ticket is not None:  # the ticket's topics, or fewer
         outside = [topic for topic in topics if topic not in ticket.topics]
         if outside:
             raise PermissionDenied(f"This stream ticket is not for topic(s): {', '.join(outside)}.")
-        topics = list(ticket.topics)
+        topics = topics or list(ticket.topics)
     if len(topics) > limit:
         raise ValidationError({"topic": [f"At most {limit} topics per stream."]})
     try:

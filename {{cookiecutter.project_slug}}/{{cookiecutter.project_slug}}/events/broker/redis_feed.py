@@ -15,6 +15,9 @@ What keeps it delivering:
   history what came after the watermark, then resumes live delivery without a duplicate; if the
   watermark is no longer in history, its clients get a ``reset``.
 
+The feed also listens, for its whole life, to the control channel (``channels.CONTROL``), where
+processes ask each other to recheck the access of a user's open streams (``revocation.py``).
+
 The watermark moves with every live event, and when a channel is subscribed: the newest id is read
 just before the SUBSCRIBE is sent, and it becomes the watermark when Redis confirms the SUBSCRIBE
 on this connection. Redis answers on one connection in order, so by then every earlier event on
