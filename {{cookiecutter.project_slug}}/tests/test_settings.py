@@ -219,6 +219,27 @@ def test_deployment_checks_pass_with_production_values() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_a_malformed_rate_or_authorizer_fails_the_startup_checks_with_a_clear_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-B", "manage.py", "check"],
+        cwd=PROJECT_DIR,
+        env={
+            **os.environ,
+            **PRODUCTION,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "EVENTS_STREAM_RATE": "lots",
+            "EVENTS_PUBLISH_RATE": "5/fortnight",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "(events.E001) EVENTS_STREAM_RATE='lots' is not a rate." in result.stderr
+    assert "(events.E001) EVENTS_PUBLISH_RATE='5/fortnight' is not a rate." in result.stderr
+
+
 def test_responses_are_never_compressed(client) -> None:
     """Compression would hold event streams back in buffers, so no response is compressed."""
     response = client.get("/accounts/login/", HTTP_ACCEPT_ENCODING="gzip, deflate, br")

@@ -5,6 +5,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission, User
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from .. import revocation
@@ -75,3 +77,9 @@ def test_permission_and_group_changes_recheck_exactly_the_users_they_touch(
     # Every login saves last_login: not a change of access.
     assert rechecked(lambda: alice.save(update_fields=["last_login"])) == set()
     assert rechecked(lambda: alice.save()) == {str(alice.pk)}
+
+
+@override_settings(EVENTS_TOPIC_AUTHORIZER="nowhere.topic_rule")
+def test_an_authorizer_that_cannot_be_imported_fails_the_startup_checks() -> None:
+    with pytest.raises(SystemCheckError, match=r"events\.E002.*EVENTS_TOPIC_AUTHORIZER"):
+        call_command("check")

@@ -1,0 +1,42 @@
+"""Settings mistakes found at startup (``manage.py check``, ``migrate``, ``runserver``), not by the
+first request that needs them."""
+
+from typing import Any
+
+from django.core.checks import Error, register
+from django.utils.module_loading import import_string
+
+from .conf import event_settings
+from .limits import PublishRateThrottle, StreamRateThrottle
+
+
+@register()
+def check_event_settings(**_: Any) -> list[Error]:
+    settings = event_settings()
+    errors = []
+    for name, throttle in (
+        ("EVENTS_STREAM_RATE", StreamRateThrottle),
+        ("EVENTS_PUBLISH_RATE", PublishRateThrottle),
+    ):
+        try:
+            throttle()  # parses its rate
+        except (ValueError, KeyError, IndexError):
+            errors.append(
+                Error(
+                    f"{name}={getattr(settings, throttle.setting)!r} is not a rate.",
+                    hint='Write it as "<number>/<s, min, hour or day>", e.g. "60/min", or leave '
+                    "it empty for no limit.",
+                    id="events.E001",
+                )
+            )
+    try:
+        import_string(settings.topic_authorizer)
+    except ImportError as error:
+        errors.append(
+            Error(
+                f"EVENTS_TOPIC_AUTHORIZER: {error}",
+                hint="Name a function (user, topic) -> bool by its dotted path.",
+                id="events.E002",
+            )
+        )
+    return errors
