@@ -21,7 +21,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.urls import reverse
 
 from . import shutdown
-from .backpressure import ClientTooSlow, Send, StreamSend
+from .backpressure import ClientTooSlow, Send, StreamSend, current_stream_send
 from .conf import event_settings
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class EventStreamHandler(ASGIHandler):
             send_timeout=settings.client_send_timeout_seconds,
         )
         shutdown.track(stream_send)
+        current_stream_send.set(stream_send)  # this request's own context: asyncio tasks copy it
         try:
             await self.handle(scope, receive, stream_send)
         except ClientTooSlow as error:

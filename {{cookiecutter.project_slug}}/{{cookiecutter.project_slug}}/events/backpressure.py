@@ -11,6 +11,9 @@ speed therefore receives any burst or replay, however large, while one that stop
 costs at most ``max_backlog_bytes`` (plus one chunk and the kernel's socket buffers) and is cut
 off ``send_timeout`` seconds after its backlog passed the limit.
 
+Under Daphne, a stream's connection also writes to its socket at once when nothing is waiting
+(``TwistedTransport.send_first``), instead of Twisted's buffer-then-register path.
+
 On servers whose ``send()`` waits while the client does not read (uvicorn, hypercorn), the same
 ``send_timeout`` bounds each send instead.
 
@@ -19,6 +22,7 @@ real Daphne.
 """
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +33,13 @@ logger = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _DRAIN_POLL_SECONDS = 0.05
+
+
+# The StreamSend of the stream request being handled (set by asgi.EventStreamHandler): how the
+# hub reaches its client's connection without going through the response's coroutine.
+current_stream_send: "contextvars.ContextVar[StreamSend | None]" = contextvars.ContextVar(
+    "current_stream_send", default=None
+)
 
 
 class ClientTooSlow(Exception):
@@ -61,6 +72,40 @@ class TwistedTransport:
     def connected(self) -> bool:
         return bool(self._transport.connected)
 
+    def send_first(self) -> None:
+        """From now on, write to the socket at once when nothing is waiting to be sent, as
+        asyncio's own transports do, and buffer only what the kernel does not take.
+
+        Twisted buffers every write and registers the socket with the selector to send it on the
+        next turn of the loop: one ``epoll_ctl`` per write, a quarter of a busy server's CPU.
+        Bytes and order are unchanged: the buffer is used as soon as it holds anything.
+        """
+        transport = self._transport
+        sock = getattr(transport, "socket", None)
+        if sock is None or getattr(transport, "TLS", False):
+            return  # not a plain TCP connection: Twisted's own path
+        buffered_write = transport.write
+
+        def write(data: bytes) -> None:
+            if (
+                data
+                and transport.connected
+                and not transport.disconnecting
+                and not transport._writeDisconnected
+                and self.unsent_bytes() == 0
+            ):
+                try:
+                    sent = sock.send(data)
+                except OSError:  # full (BlockingIOError), or broken: Twisted's path handles it
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            buffered_write(data)
+
+        transport.write = write
+        transport.writeSequence = lambda chunks: write(b"".join(chunks))
+
 
 def daphne_connection(send: Send) -> tuple[Any, TwistedTransport] | None:
     """Daphne's protocol and transport behind ``send``, or None when it does not come from Daphne."""
@@ -70,7 +115,15 @@ def daphne_connection(send: Send) -> tuple[Any, TwistedTransport] | None:
         return None
     protocol = send.args[0]
     transport = getattr(getattr(protocol, "channel", None), "transport", None)
-    required = ("dataBuffer", "offset", "_tempDataLen", "abortConnection", "loseConnection")
+    required = (
+        "dataBuffer",
+        "offset",
+        "_tempDataLen",
+        "_writeDisconnected",
+        "disconnecting",
+        "abortConnection",
+        "loseConnection",
+    )
     if transport is None or not all(hasattr(transport, name) for name in required):
         return None
     if not hasattr(protocol, "handle_reply"):
@@ -87,7 +140,10 @@ class StreamSend:
         self._send_timeout = send_timeout
         daphne = daphne_connection(send)
         self._protocol, self.transport = daphne if daphne else (None, None)
+        if self.transport is not None:
+            self.transport.send_first()
         self.response_started = False
+        self._is_stream = False  # a 200: an event stream, not an error answered as JSON
         self.closed = False
 
     async def __call__(self, message: dict[str, Any]) -> None:
@@ -95,6 +151,7 @@ class StreamSend:
             return  # ended by the server (shutdown, slow client): the rest goes nowhere
         if message["type"] == "http.response.start":
             self.response_started = True
+            self._is_stream = message.get("status") == 200
         if self.transport is None:
             try:
                 async with asyncio.timeout(self._send_timeout or None):
@@ -107,7 +164,8 @@ class StreamSend:
         if message["type"] != "http.response.body":
             return
         if not message.get("more_body", False):
-            self._close_when_sent(self.transport)
+            if self._is_stream:  # an error answer leaves the connection to Daphne's keep-alive
+                self._close_when_sent(self.transport)
         elif self._max_backlog_bytes > 0:
             await self._wait_for_drain(self.transport)
 
@@ -137,6 +195,33 @@ class StreamSend:
         reports a disconnect and the request's coroutine is cancelled.)"""
         transport.close()
         asyncio.get_running_loop().call_later(self._send_timeout, transport.abort_if_open)
+
+    @property
+    def writes_directly(self) -> bool:
+        """Whether ``write_now`` works here (Daphne): the hub may then write events itself."""
+        return self._protocol is not None and self.transport is not None
+
+    def write_now(self, body: bytes) -> bool:
+        """Write ``body`` to the client now, from synchronous code (Daphne only); returns whether
+        the caller may go on writing this way. False when, after this write, the client's unsent
+        bytes pass ``max_backlog_bytes`` (the caller then goes back to ``__call__``, which waits
+        for it or cuts it off), or when the stream is over (nothing is written).
+        """
+        transport = self.transport
+        if self.closed or not self.response_started or transport is None:
+            return False
+        if not transport.connected:
+            return False
+        assert self._protocol is not None  # set together with the transport
+        self._protocol.handle_reply({"type": "http.response.body", "body": body, "more_body": True})
+        return self.keeping_up()
+
+    def keeping_up(self) -> bool:
+        """Whether the client's unsent bytes are within ``max_backlog_bytes`` (Daphne only)."""
+        transport = self.transport
+        if transport is None or self._max_backlog_bytes <= 0:
+            return transport is not None
+        return transport.unsent_bytes() <= self._max_backlog_bytes
 
     def finish_now(self, body: bytes) -> bool:
         """End the response with ``body`` and close the connection at once, from synchronous code

@@ -5,6 +5,12 @@ set of subscribers that want it, so routing one event costs O(recipients), and i
 feed to a channel when the first subscriber needs it and unsubscribes when the last one leaves.
 Events arrive already parsed and encoded; all recipients share the same bytes.
 
+A subscriber that is keeping up, on Daphne, is written to by the hub itself: ``deliver`` hands
+each event's bytes to its connection in the same pass (``Subscriber.attach``), with no wake-up of
+the stream's coroutine, which then only sends heartbeats and notices the end. A subscriber that
+falls behind (or is replaying, or on another server) gets a bounded queue that its coroutine
+drains, with flow control (``backpressure.py``).
+
 When a user's access may have changed (a control message, ``revocation.py``), the hub rechecks
 that user's subscribers, in worker threads (the checks query the database), and ends those whose
 access is gone.
@@ -14,7 +20,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from asgiref.sync import sync_to_async
 
@@ -56,6 +62,7 @@ class Subscriber:
         "_pending",
         "_pending_bytes",
         "_wakeup",
+        "_writer",
         "access",
         "channels",
         "overflowed",
@@ -78,9 +85,33 @@ class Subscriber:
         self._pending: deque[Event | Reset] = deque()
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
+        self._writer: Callable[[bytes], bool] | None = None
+
+    def attach(self, writer: Callable[[bytes], bool]) -> bool:
+        """Have ``offer`` write events with ``writer`` at once, while it returns True (the client
+        keeps up); returns False, and does nothing, while events wait in the queue: they go first.
+        """
+        if self._pending or self.ended:
+            return False
+        self._writer = writer
+        return True
+
+    def detach(self) -> None:
+        self._writer = None
 
     def offer(self, item: Event | Reset) -> None:
         if self.overflowed or self.revoked:
+            return
+        if self._writer is not None:
+            try:
+                keeping_up = self._writer(item.wire)
+            except Exception:  # one client's connection must not stop delivery to the others
+                logger.exception("Writing an event to a client failed")
+                keeping_up = False
+            if not keeping_up:
+                # Behind (or over): the stream's coroutine takes over, with flow control.
+                self._writer = None
+                self._wakeup.set()
             return
         self._pending_bytes += len(item.wire)
         if len(self._pending) >= self._capacity or 0 < self._max_bytes < self._pending_bytes:
@@ -95,6 +126,7 @@ class Subscriber:
     def revoke(self, reason: str) -> None:
         """End this subscriber's stream: nothing more reaches it, not even what is waiting."""
         self.revoked = reason
+        self._writer = None
         self._pending.clear()
         self._pending_bytes = 0
         self._wakeup.set()

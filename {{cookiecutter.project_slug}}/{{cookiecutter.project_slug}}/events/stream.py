@@ -18,6 +18,7 @@ from typing import Any
 
 from . import shutdown
 from .access import StreamAccess
+from .backpressure import StreamSend, current_stream_send
 from .broker.base import Broker, HistoryGap
 from .conf import EventSettings
 from .event import REVOKED_TYPE, Event, parse_event_id
@@ -110,7 +111,7 @@ async def _stream(
         if first:
             yield retry + encode_comment("up to date")
         replay_end = replay.end
-    async for chunk in _live(subscriber, replay_end, settings):
+    async for chunk in _live(subscriber, replay_end, settings, current_stream_send.get()):
         yield chunk
 
 
@@ -142,8 +143,15 @@ class Replay:
 
 
 async def _live(
-    subscriber: Subscriber, replay_end: tuple[int, int] | None, settings: EventSettings
+    subscriber: Subscriber,
+    replay_end: tuple[int, int] | None,
+    settings: EventSettings,
+    stream_send: StreamSend | None,
 ) -> AsyncIterator[bytes]:
+    """Live events until the stream ends. While the client keeps up (and, after a replay, once
+    the live events have passed it), the hub writes them itself (see hub.py); this loop then
+    wakes only for heartbeats, the lifetime and the end."""
+    direct = stream_send if stream_send is not None and stream_send.writes_directly else None
     loop = asyncio.get_running_loop()
     deadline = None
     if settings.stream_max_seconds > 0:
@@ -155,7 +163,12 @@ async def _live(
             wait = min(wait, deadline - loop.time())
             if wait <= 0:
                 return  # the client reconnects with Last-Event-ID, possibly to another replica
+        # Not while it is behind: what it is sent then goes through the send, which waits for it
+        # to drain or cuts it off.
+        if direct is not None and replay_end is None and direct.keeping_up():
+            subscriber.attach(direct.write_now)
         batch = await subscriber.next_batch(wait)
+        subscriber.detach()  # what this loop sends next goes after what the hub wrote
         if batch is None:
             if deadline is None or loop.time() < deadline:
                 yield HEARTBEAT

@@ -70,6 +70,9 @@ class EventStreamView(APIView):
         response["Cache-Control"] = "no-cache"
         # nginx buffers proxied responses unless told not to; the stream must flush every event.
         response["X-Accel-Buffering"] = "no"
+        # The server closes a stream's connection when the stream ends (backpressure.py): a client
+        # must not send its next request on it.
+        response["Connection"] = "close"
         return response
 
     def _last_event_id(self, request: Request) -> str | None:

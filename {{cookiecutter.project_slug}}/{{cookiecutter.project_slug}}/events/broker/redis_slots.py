@@ -75,6 +75,9 @@ class RedisStreamSlots(StreamSlots):
             yield
         finally:
             held.pop(slot, None)
+            renewer = self._renewers.get(loop)
+            if not held and renewer is not None:
+                renewer.cancel()  # nothing left to renew: no task outlives the streams
             try:
                 await self._broker.async_client().zrem(self._key(slot.user), slot.name)
             except redis.RedisError as error:  # it expires by itself
