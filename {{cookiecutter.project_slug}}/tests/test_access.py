@@ -7,12 +7,14 @@ deactivated user, a lost topic) ends the streams that relied on it on both proce
 long-lived secret in the URL, and stop working with the credential that asked for them.
 """
 
+import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -231,6 +233,53 @@ def test_the_streams_of_a_crashed_process_stop_counting_after_their_lease(
 def stream_status_or_open(client: httpx.Client) -> int:
     with client.stream("GET", "/api/events/stream/") as response:
         return response.status_code
+
+
+def test_checking_the_limits_holds_no_redis_connection_per_stream(
+    live_project: LiveProject, redis_service: RedisServer, tmp_path
+) -> None:
+    """The limits count in Redis, yet 200 open streams add no connection: the server's stay
+    few whatever the number of streams (a cache per request would hold one per stream)."""
+    settings = {
+        "REDIS_URL": redis_service.url,
+        "EVENTS_REDIS_PREFIX": "test-access-connections",
+        "EVENTS_MAX_STREAMS_PER_USER": "1000",  # checked, not reached
+        "EVENTS_STREAM_RATE": "1000/min",
+    }
+
+    def connected() -> int:
+        info = redis_service.command("INFO", "clients")
+        return int(re.search(r"connected_clients:(\d+)", info).group(1))  # type: ignore[union-attr]
+
+    with (
+        daphne_server(live_project, tmp_path, **settings) as server,
+        api(server, live_project.tokens["alice"]) as alice,
+    ):
+        with open_stream(alice) as warm_up:  # the connections a first stream opens
+            warm_up.take_all(1)
+        before = connected()
+        opened = asyncio.run(_hold_streams(server, live_project.tokens["alice"], 200, connected))
+    print(f"RELIABILITY: redis connections before={before} with_200_streams={opened}")
+    assert opened <= before + 3
+
+
+async def _hold_streams(server: Daphne, token: str, count: int, measure: Callable[[], int]) -> int:
+    request = (
+        "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Token {token}\r\n\r\n"
+    ).encode()
+    connections = []
+    try:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request)
+            connections.append((reader, writer))
+        for reader, _ in connections:
+            await asyncio.wait_for(reader.readuntil(b": connected"), 20)
+        return await asyncio.to_thread(measure)
+    finally:
+        for _, writer in connections:
+            writer.close()
 
 
 # --- Revocation -------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from importlib import import_module
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import cache
 from django.db import close_old_connections
 from django.utils.crypto import constant_time_compare, salted_hmac
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
@@ -25,6 +24,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 
 from .authorization import denied_topics
+from .shared_cache import shared_cache
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Credential:
         if self.secret is not None:
             return _session_problem(self.secret, user)
         # From a ticket: the session itself cannot be looked up, but its end was recorded.
-        revoked = cache.get(revoked_credential_key(self.fingerprint))
+        revoked = shared_cache().get(revoked_credential_key(self.fingerprint))
         if revoked:
             return str(revoked)
         if self.session_hash and not _session_hash_matches(user, self.session_hash):

@@ -7,17 +7,23 @@ streams are open now.
 
 import logging
 
+from django.core.cache import BaseCache
 from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from .conf import event_settings
+from .shared_cache import shared_cache
 
 logger = logging.getLogger(__name__)
 
 
 class _EventRateThrottle(UserRateThrottle):
     setting: str  # the EventSettings field holding the rate, e.g. "60/min" (None: no limit)
+
+    @property  # type: ignore[override]
+    def cache(self) -> BaseCache:  # DRF's is one per request: a Redis connection per stream
+        return shared_cache()
 
     def get_rate(self) -> str | None:
         return getattr(event_settings(), self.setting)

@@ -22,7 +22,6 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.contrib.auth.signals import user_logged_out
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.http import HttpRequest
@@ -33,6 +32,7 @@ from .broker import get_broker
 from .broker.base import AccessChange
 from .conf import event_settings
 from .exceptions import BrokerUnavailable
+from .shared_cache import shared_cache
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ def recheck_streams(
     if credential is not None:
         # Tickets carry only the fingerprint of a session: this is how they learn that it ended.
         try:
-            cache.set(revoked_credential_key(credential), reason, event_settings().ticket_seconds)
+            shared_cache().set(
+                revoked_credential_key(credential), reason, event_settings().ticket_seconds
+            )
         except Exception:
             logger.exception("Could not record a revoked credential of user %s", user_key)
     try:
