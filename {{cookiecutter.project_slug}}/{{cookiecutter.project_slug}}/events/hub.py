@@ -5,9 +5,10 @@ set of subscribers that want it, so routing one event costs O(recipients), and i
 feed to a channel when the first subscriber needs it and unsubscribes when the last one leaves.
 Events arrive already parsed and encoded; all recipients share the same bytes.
 
-A subscriber that is keeping up, on Daphne, is written to by the hub itself: ``deliver`` hands
-each event's bytes to its connection in the same pass (``Subscriber.attach``), with no wake-up of
-the stream's coroutine, which then only sends heartbeats and notices the end. A subscriber that
+A subscriber that is keeping up, on Daphne, is written to by the hub itself (``Subscriber.attach``):
+``deliver`` adds each event's bytes to its outbox, and once per turn of the event loop the hub
+writes every outbox to its connection, all the events of a burst in one write. There is no
+wake-up of the stream's coroutine, which then only sends heartbeats and notices the end. A subscriber that
 falls behind (or is replaying, or on another server) gets a bounded queue that its coroutine
 drains, with flow control (``backpressure.py``).
 
@@ -32,6 +33,9 @@ from .event import RESET_TYPE, Event
 from .wire import encode_event
 
 logger = logging.getLogger(__name__)
+
+# The hub writes a subscriber's outbox at once when it holds this much, not only once per turn.
+_MAX_OUTBOX_BYTES = 64 * 1024
 
 
 class Reset:
@@ -59,6 +63,8 @@ class Subscriber:
     __slots__ = (
         "_capacity",
         "_max_bytes",
+        "_outbox",
+        "_outbox_bytes",
         "_pending",
         "_pending_bytes",
         "_wakeup",
@@ -86,33 +92,35 @@ class Subscriber:
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._writer: Callable[[bytes], bool] | None = None
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
 
     def attach(self, writer: Callable[[bytes], bool]) -> bool:
-        """Have ``offer`` write events with ``writer`` at once, while it returns True (the client
-        keeps up); returns False, and does nothing, while events wait in the queue: they go first.
-        """
+        """Have the hub write events with ``writer`` (see ``flush``) while it returns True (the
+        client keeps up); returns False, and does nothing, while events wait in the queue: they
+        go first."""
         if self._pending or self.ended:
             return False
         self._writer = writer
         return True
 
     def detach(self) -> None:
+        """Back to the queue; what the outbox holds is written first, so nothing overtakes it."""
+        self.flush()
         self._writer = None
 
-    def offer(self, item: Event | Reset) -> None:
+    def offer(self, item: Event | Reset) -> bool:
+        """Take an event; returns True when the hub must ``flush`` this subscriber (its outbox,
+        empty until now, holds it)."""
         if self.overflowed or self.revoked:
-            return
+            return False
         if self._writer is not None:
-            try:
-                keeping_up = self._writer(item.wire)
-            except Exception:  # one client's connection must not stop delivery to the others
-                logger.exception("Writing an event to a client failed")
-                keeping_up = False
-            if not keeping_up:
-                # Behind (or over): the stream's coroutine takes over, with flow control.
-                self._writer = None
-                self._wakeup.set()
-            return
+            self._outbox.append(item.wire)
+            self._outbox_bytes += len(item.wire)
+            if self._outbox_bytes >= _MAX_OUTBOX_BYTES:  # a long burst: no big copies
+                self.flush()
+                return False
+            return len(self._outbox) == 1
         self._pending_bytes += len(item.wire)
         if len(self._pending) >= self._capacity or 0 < self._max_bytes < self._pending_bytes:
             # The client is not keeping up; its stream ends and it resumes by id from history.
@@ -122,11 +130,31 @@ class Subscriber:
         else:
             self._pending.append(item)
         self._wakeup.set()
+        return False
+
+    def flush(self) -> None:
+        """Write the outbox to the client, in one write."""
+        if not self._outbox or self._writer is None:
+            return
+        data = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        try:
+            keeping_up = self._writer(data)
+        except Exception:  # one client's connection must not stop delivery to the others
+            logger.exception("Writing events to a client failed")
+            keeping_up = False
+        if not keeping_up:
+            # Behind (or over): the stream's coroutine takes over, with flow control.
+            self._writer = None
+            self._wakeup.set()
 
     def revoke(self, reason: str) -> None:
         """End this subscriber's stream: nothing more reaches it, not even what is waiting."""
         self.revoked = reason
         self._writer = None
+        self._outbox.clear()
+        self._outbox_bytes = 0
         self._pending.clear()
         self._pending_bytes = 0
         self._wakeup.set()
@@ -158,6 +186,9 @@ class Hub:
         # A channel's first subscriber subscribes the feed; later ones wait for the same future.
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._rechecks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+        # Subscribers whose outbox holds events, written once per turn of the loop (see _flush).
+        self._unflushed: list[Subscriber] = []
+        self._flush_scheduled = False
 
     @property
     def subscriber_count(self) -> int:
@@ -220,13 +251,26 @@ class Hub:
 
     # FeedSink: called by the broker's feed, on the event loop.
     def deliver(self, event: Event) -> None:
-        for subscriber in self._subscribers.get(event.channel, ()):
-            subscriber.offer(event)
+        self._offer(event, self._subscribers.get(event.channel, ()))
 
     def lost_events(self, reset_point: str) -> None:
-        reset = Reset(reset_point)
-        for subscriber in self._all_subscribers():
-            subscriber.offer(reset)
+        self._offer(Reset(reset_point), self._all_subscribers())
+
+    def _offer(self, item: Event | Reset, subscribers: Iterable[Subscriber]) -> None:
+        unflushed = self._unflushed
+        for subscriber in subscribers:
+            if subscriber.offer(item):
+                unflushed.append(subscriber)
+        if unflushed and not self._flush_scheduled:
+            # After the feed's current read: the other events it holds join the same writes.
+            asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_scheduled = True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        subscribers, self._unflushed = self._unflushed, []
+        for subscriber in subscribers:
+            subscriber.flush()
 
     def access_changed(self, change: AccessChange) -> None:
         subscribers = [
