@@ -38,6 +38,7 @@ pytestmark = pytest.mark.timeout(120)
 MAX_STREAMS = 2
 TICKET_SECONDS = 4
 PREFIX = "test-access"
+ALLOWED_ORIGIN = "https://app.example.com"
 
 
 @dataclass
@@ -77,6 +78,7 @@ def pair(
         "EVENTS_PUBLIC_TOPICS": "news,scores.*",
         "EVENTS_MAX_STREAMS_PER_USER": str(MAX_STREAMS),
         "EVENTS_TICKET_SECONDS": str(TICKET_SECONDS),
+        "EVENTS_CORS_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
         "EVENTS_HEARTBEAT_SECONDS": "0.5",
         # Plain http on loopback: cookies marked Secure would not be sent back.
         "SESSION_COOKIE_SECURE": "false",
@@ -441,6 +443,40 @@ def test_a_stream_may_read_fewer_topics_than_its_ticket(pair: Pair, user: User) 
         publish(staff, "not-asked-for", topic="scores.golf")
         publish(staff, "asked-for", topic="news")
         assert stream.take(1)[0].event == "asked-for"
+
+
+def test_a_page_on_an_allowed_origin_may_ask_for_a_ticket_and_open_its_stream(
+    pair: Pair, user: User
+) -> None:
+    """What a browser does for a page on another origin: a preflight, the POST, the stream."""
+    with httpx.Client(base_url=pair.first.url, timeout=10) as browser:
+        preflight = browser.options(
+            "/api/events/tickets/",
+            headers={
+                "Origin": ALLOWED_ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert preflight.status_code == 204, preflight.text
+        assert preflight.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+        elsewhere = browser.options("/api/events/tickets/", headers={"Origin": "https://evil.test"})
+        assert "Access-Control-Allow-Origin" not in elsewhere.headers
+
+        asked = browser.post(
+            "/api/events/tickets/",
+            json={"topics": ["news"]},
+            headers={"Origin": ALLOWED_ORIGIN, "Authorization": f"Token {user.token}"},
+        )
+        assert asked.status_code == 201, asked.text
+        assert asked.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+        with browser.stream(
+            "GET", asked.json()["url"], headers={"Origin": ALLOWED_ORIGIN}
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
 
 
 def test_a_ticket_expires(pair: Pair, user: User) -> None:

@@ -99,13 +99,16 @@ class EventStreamView(APIView):
         return response
 
 
-def _allow_listed_origin(request: Request, response: HttpResponseBase) -> None:
-    """Cross-origin EventSource (``withCredentials``) for origins in EVENTS_CORS_ALLOWED_ORIGINS."""
+def _allow_listed_origin(request: Request, response: HttpResponseBase) -> bool:
+    """Cross-origin requests (with credentials) for origins in EVENTS_CORS_ALLOWED_ORIGINS;
+    returns whether the request's origin is one."""
     origin = request.headers.get("Origin")
-    if origin and origin in event_settings().cors_allowed_origins:
+    allowed = bool(origin) and origin in event_settings().cors_allowed_origins
+    if allowed:
         response["Access-Control-Allow-Origin"] = origin
         response["Access-Control-Allow-Credentials"] = "true"
     patch_vary_headers(response, ["Origin"])
+    return allowed
 
 
 def _readable_topics(request: Request, limit: int, ticket: StreamTicket | None) -> list[str]:
@@ -149,6 +152,26 @@ class StreamTicketView(APIView):
     """
 
     throttle_classes = [StreamRateThrottle]
+
+    # A page on an allowed origin asks first (a CORS preflight), without credentials.
+    def get_permissions(self) -> list[Any]:
+        return [] if self.request.method == "OPTIONS" else super().get_permissions()
+
+    def get_throttles(self) -> list[Any]:
+        return [] if self.request.method == "OPTIONS" else super().get_throttles()
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if _allow_listed_origin(request, response) and request.method == "OPTIONS":
+            response["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+            response["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-CSRFToken"
+            response["Access-Control-Max-Age"] = "600"
+        return response
 
     def post(self, request: Request) -> Response:
         settings = event_settings()
