@@ -72,6 +72,7 @@ class Credential:
             key = request.session.session_key
             if key:
                 user = request.user
+                assert isinstance(user, AbstractBaseUser)  # authenticated by the session
                 return cls(SESSION, fingerprint(key), key, user.get_session_auth_hash())
         return None
 
@@ -81,9 +82,9 @@ class Credential:
             return USER_INACTIVE
         if self.kind == TOKEN:
             if self.secret is not None:
-                exists = Token.objects.filter(key=self.secret, user=user).exists()
+                exists = Token.objects.filter(key=self.secret, user_id=user.pk).exists()
             else:  # from a ticket: find the user's tokens by fingerprint
-                keys = Token.objects.filter(user=user).values_list("key", flat=True)
+                keys = Token.objects.filter(user_id=user.pk).values_list("key", flat=True)
                 exists = any(constant_time_compare(fingerprint(k), self.fingerprint) for k in keys)
             return None if exists else TOKEN_DELETED
         if self.secret is not None:

@@ -10,6 +10,7 @@ changes, so that open streams lose a topic as soon as the user does.
 
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
+from typing import cast
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.utils.module_loading import import_string
@@ -34,7 +35,7 @@ def is_public_topic(topic: str) -> bool:
 
 
 def topic_authorizer() -> TopicAuthorizer:
-    return import_string(event_settings().topic_authorizer)
+    return cast(TopicAuthorizer, import_string(event_settings().topic_authorizer))
 
 
 def denied_topics(user: AbstractBaseUser | AnonymousUser, topics: Iterable[str]) -> list[str]:

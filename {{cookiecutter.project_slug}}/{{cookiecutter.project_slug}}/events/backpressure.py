@@ -25,12 +25,12 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 _DRAIN_POLL_SECONDS = 0.05
 
@@ -54,7 +54,7 @@ class TwistedTransport:
 
     def unsent_bytes(self) -> int:
         transport = self._transport
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
     def abort(self) -> None:
         self._transport.abortConnection()
@@ -139,14 +139,15 @@ class StreamSend:
         self._max_backlog_bytes = max_backlog_bytes
         self._send_timeout = send_timeout
         daphne = daphne_connection(send)
-        self._protocol, self.transport = daphne if daphne else (None, None)
+        self._protocol: Any = daphne[0] if daphne else None
+        self.transport: TwistedTransport | None = daphne[1] if daphne else None
         if self.transport is not None:
             self.transport.send_first()
         self.response_started = False
         self._is_stream = False  # a 200: an event stream, not an error answered as JSON
         self.closed = False
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: Mapping[str, Any]) -> None:
         if self.closed:
             return  # ended by the server (shutdown, slow client): the rest goes nowhere
         if message["type"] == "http.response.start":

@@ -7,7 +7,6 @@ streams are open now.
 
 import logging
 
-from django.core.cache import BaseCache
 from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
@@ -21,12 +20,14 @@ logger = logging.getLogger(__name__)
 class _EventRateThrottle(UserRateThrottle):
     setting: str  # the EventSettings field holding the rate, e.g. "60/min" (None: no limit)
 
-    @property  # type: ignore[override]
-    def cache(self) -> BaseCache:  # DRF's is one per request: a Redis connection per stream
-        return shared_cache()
+    def __init__(self) -> None:
+        # DRF's cache is one per request: through it, a Redis connection per open stream.
+        self.cache = shared_cache()
+        super().__init__()
 
     def get_rate(self) -> str | None:
-        return getattr(event_settings(), self.setting)
+        rate: str | None = getattr(event_settings(), self.setting)
+        return rate
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         try:

@@ -16,6 +16,7 @@ process: its streams end at the latest with their lifetime (``EVENTS_STREAM_MAX_
 every reconnection is checked in full.
 """
 
+import functools
 import logging
 from typing import Any
 
@@ -71,8 +72,8 @@ def connect_signals() -> None:
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="events.revocation.user")
     post_delete.connect(_user_deleted, sender=user_model, dispatch_uid="events.revocation.gone")
     for relation, uid in (
-        (user_model.groups, "groups"),  # type: ignore[attr-defined]
-        (user_model.user_permissions, "permissions"),  # type: ignore[attr-defined]
+        (user_model.groups, "groups"),
+        (user_model.user_permissions, "permissions"),
         (Group.permissions, "group-permissions"),
     ):
         m2m_changed.connect(
@@ -112,7 +113,7 @@ def _relation_changed(
     if action not in {"post_add", "post_remove", "pre_clear"}:
         return
     for pk in _affected_users(sender, instance, reverse, pk_set):
-        transaction.on_commit(lambda pk=pk: recheck_streams(pk))
+        transaction.on_commit(functools.partial(recheck_streams, pk))
 
 
 def _affected_users(sender: Any, instance: Any, reverse: bool, pk_set: set[Any] | None) -> set[Any]:

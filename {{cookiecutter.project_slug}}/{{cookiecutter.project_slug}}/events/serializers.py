@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -8,7 +9,7 @@ from .event import validate_type
 from .exceptions import InvalidEvent
 
 
-class UserKeyField(serializers.PrimaryKeyRelatedField):
+class UserKeyField(serializers.PrimaryKeyRelatedField):  # type: ignore[type-arg]
     """A user's primary key as a JSON number or string; a float (1.5, 1e999) is no one's key."""
 
     def to_internal_value(self, data: Any) -> Any:
@@ -17,10 +18,10 @@ class UserKeyField(serializers.PrimaryKeyRelatedField):
         return super().to_internal_value(data)
 
 
-class PublishEventSerializer(serializers.Serializer):
+class PublishEventSerializer(serializers.Serializer[Any]):
     # trim_whitespace=False: "news\n" is refused, not published to "news".
     type = serializers.CharField(default="message", max_length=64, trim_whitespace=False)
-    data = serializers.JSONField(allow_null=True)
+    data = serializers.JSONField(allow_null=True)  # type: ignore[assignment]  # a field, not .data
     user = UserKeyField(queryset=get_user_model().objects.all(), required=False, allow_null=True)
     topic = serializers.CharField(
         required=False, allow_null=True, max_length=64, trim_whitespace=False
@@ -38,7 +39,7 @@ class PublishEventSerializer(serializers.Serializer):
         return attrs
 
 
-class StreamTicketSerializer(serializers.Serializer):
+class StreamTicketSerializer(serializers.Serializer[Any]):
     topics = serializers.ListField(
         child=serializers.CharField(max_length=64, trim_whitespace=False), default=list
     )
@@ -47,7 +48,7 @@ class StreamTicketSerializer(serializers.Serializer):
         return list(dict.fromkeys(_checked(validate_topic, topic) for topic in value))
 
 
-def _checked(validator: Any, value: str) -> str:
+def _checked(validator: Callable[[str], str], value: str) -> str:
     try:
         return validator(value)
     except InvalidEvent as error:

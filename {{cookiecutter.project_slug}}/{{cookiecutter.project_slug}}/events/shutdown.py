@@ -24,6 +24,7 @@ import random
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from .backpressure import StreamSend
 from .conf import EventSettings, event_settings
@@ -70,7 +71,7 @@ def install() -> None:
     """Hook into Daphne's start and shutdown; does nothing under other servers."""
     if "twisted.internet.reactor" not in sys.modules:  # never install a reactor ourselves
         return
-    from twisted.internet import reactor
+    reactor = _twisted_reactor()
 
     # After startup, Twisted has installed its own SIGTERM handler (reactor.stop): replace it.
     reactor.addSystemEventTrigger("after", "startup", _take_over_sigterm)
@@ -80,7 +81,7 @@ def install() -> None:
 
 
 def _take_over_sigterm() -> None:
-    from twisted.internet import reactor
+    reactor = _twisted_reactor()
 
     def on_sigterm(signum: int, frame: object) -> None:
         if not _draining:  # a second SIGTERM changes nothing: the first one's stop is bounded
@@ -90,7 +91,7 @@ def _take_over_sigterm() -> None:
 
 
 async def _stop_gracefully() -> None:
-    from twisted.internet import reactor
+    reactor = _twisted_reactor()
 
     settings = event_settings()
     loop = asyncio.get_running_loop()
@@ -124,3 +125,10 @@ async def _wait(condition: Callable[[], bool], at_most: float) -> None:
         if not condition():
             return
         await asyncio.sleep(_POLL_SECONDS)
+
+
+def _twisted_reactor() -> Any:
+    # The installed reactor, typed through zope interfaces that mypy does not read: Any.
+    from twisted.internet import reactor
+
+    return reactor

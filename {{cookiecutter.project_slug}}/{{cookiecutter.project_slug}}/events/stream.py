@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Container, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Container, Iterable
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from typing import Any
 
@@ -41,7 +41,7 @@ async def event_stream(
     settings: EventSettings,
     access: StreamAccess | None = None,
     slot: AbstractAsyncContextManager[Any] | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """``slot``: held while the stream runs (the user's share of the open-streams limit)."""
     # aclosing: a client's disconnect closes this generator, and must close the inner one now
     # (leaving the hub), not when the garbage collector gets to it.
@@ -58,7 +58,7 @@ async def _event_stream(
     last_event_id: str | None,
     settings: EventSettings,
     access: StreamAccess | None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     if shutdown.is_draining():
         yield shutdown.goodbye(settings)
         return

@@ -34,13 +34,13 @@ class StreamTicket:
 
     def sign(self) -> str:
         credential = self.credential
-        fields = [self.user_pk, list(self.topics)]
+        fields: list[object] = [self.user_pk, list(self.topics)]
         if credential is not None:
             fields += [credential.kind, credential.fingerprint, credential.session_hash]
         return signing.dumps(fields, salt=_SALT, compress=True)
 
     @classmethod
-    def read(cls, value: str, max_age: float) -> "StreamTicket":
+    def read(cls, value: str, max_age: int) -> "StreamTicket":
         """Raises signing.BadSignature (or SignatureExpired) unless ``value`` is a valid ticket."""
         fields = signing.loads(value, salt=_SALT, max_age=max_age)
         user_pk, topics, *credential = fields

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 from urllib.parse import urlencode
@@ -48,7 +49,7 @@ class EventStreamView(APIView):
 
     renderer_classes = [EventStreamRenderer, JSONRenderer]
     authentication_classes = [
-        *api_settings.DEFAULT_AUTHENTICATION_CLASSES,
+        *api_settings.DEFAULT_AUTHENTICATION_CLASSES,  # type: ignore[list-item]  # classes by now
         StreamTicketAuthentication,
     ]
     permission_classes = [IsAuthenticated]
@@ -87,14 +88,15 @@ class EventStreamView(APIView):
             raise ValidationError({"last_event_id": [str(error)]}) from error
         return last_event_id
 
-    def finalize_response(
+    # DRF finalizes every response, streaming ones too: its stubs say Response.
+    def finalize_response(  # type: ignore[override]
         self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
         if isinstance(response, Response):
             # An error: JSON whatever the client accepts, so that it can be read and logged.
             request.accepted_renderer = JSONRenderer()
             request.accepted_media_type = JSONRenderer.media_type
-        response = super().finalize_response(request, response, *args, **kwargs)
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[arg-type]
         _allow_listed_origin(request, response)
         return response
 
@@ -103,12 +105,12 @@ def _allow_listed_origin(request: Request, response: HttpResponseBase) -> bool:
     """Cross-origin requests (with credentials) for origins in EVENTS_CORS_ALLOWED_ORIGINS;
     returns whether the request's origin is one."""
     origin = request.headers.get("Origin")
-    allowed = bool(origin) and origin in event_settings().cors_allowed_origins
-    if allowed:
-        response["Access-Control-Allow-Origin"] = origin
-        response["Access-Control-Allow-Credentials"] = "true"
     patch_vary_headers(response, ["Origin"])
-    return allowed
+    if not origin or origin not in event_settings().cors_allowed_origins:
+        return False
+    response["Access-Control-Allow-Origin"] = origin
+    response["Access-Control-Allow-Credentials"] = "true"
+    return True
 
 
 def _readable_topics(request: Request, limit: int, ticket: StreamTicket | None) -> list[str]:
@@ -154,19 +156,20 @@ class StreamTicketView(APIView):
     throttle_classes = [StreamRateThrottle]
 
     # A page on an allowed origin asks first (a CORS preflight), without credentials.
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> Sequence[Any]:
         return [] if self.request.method == "OPTIONS" else super().get_permissions()
 
     def get_throttles(self) -> list[Any]:
         return [] if self.request.method == "OPTIONS" else super().get_throttles()
 
-    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def options(self, request: Any, *args: Any, **kwargs: Any) -> Response:
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    def finalize_response(
+    # DRF finalizes every response, streaming ones too: its stubs say Response.
+    def finalize_response(  # type: ignore[override]
         self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
-        response = super().finalize_response(request, response, *args, **kwargs)
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[arg-type]
         if _allow_listed_origin(request, response) and request.method == "OPTIONS":
             response["Access-Control-Allow-Methods"] = "POST, OPTIONS"
             response["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-CSRFToken"

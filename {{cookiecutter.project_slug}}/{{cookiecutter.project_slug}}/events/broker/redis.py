@@ -12,7 +12,7 @@ Each process opens one Pub/Sub connection, shared by all of its clients (``redis
 import asyncio
 import weakref
 from collections.abc import AsyncIterator, Container, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -154,8 +154,15 @@ class RedisBroker(Broker):
             try:
                 # Each page starts at the anchor, inclusive: finding it first proves that nothing
                 # after it was trimmed away meanwhile (say, while a slow client read the last page).
-                entries = await client.xrange(
-                    self._history_key, start, "+", count=HISTORY_PAGE_SIZE + (anchor is not None)
+                # Bytes (the client does not decode responses); redis-py types them loosely.
+                entries = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    await client.xrange(
+                        self._history_key,
+                        start,
+                        "+",
+                        count=HISTORY_PAGE_SIZE + (anchor is not None),
+                    ),
                 )
             except redis.RedisError as error:
                 raise BrokerUnavailable(f"Event history unavailable: {error}") from error
@@ -175,14 +182,17 @@ class RedisBroker(Broker):
 
     async def latest_event_id(self) -> str | None:
         try:
-            entries = await self.async_client().xrevrange(self._history_key, "+", "-", count=1)
+            entries = cast(
+                list[tuple[bytes, Any]],
+                await self.async_client().xrevrange(self._history_key, "+", "-", count=1),
+            )
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return entries[0][0].decode() if entries else None
 
     async def reset_point(self) -> str:
         script = self._reset_point_script
-        keys, args = [self._history_key], [self._history_length, RESET_MARKER]
+        keys, args = [self._history_key], [str(self._history_length), RESET_MARKER]
         client = self.async_client()
         try:
             try:
@@ -191,7 +201,7 @@ class RedisBroker(Broker):
                 point = await client.eval(_RESET_POINT, len(keys), *keys, *args)
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
-        return point.decode()
+        return str(point.decode())
 
     def _history_event(
         self, entry: tuple[bytes, dict[bytes, bytes]], channels: Container[str] | None

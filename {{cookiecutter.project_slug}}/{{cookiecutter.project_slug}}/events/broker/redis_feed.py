@@ -180,7 +180,7 @@ class RedisFeed(Feed):
 
     async def _connect(self, pubsub: aioredis.client.PubSub, *, catch_up: bool) -> None:
         """Subscribe every wanted channel, then catch up: nothing published meanwhile is lost."""
-        await pubsub.connect()
+        await pubsub.connect()  # type: ignore[no-untyped-call]
         if not catch_up:
             self._advance(await self._broker.latest_event_id())
         held: list[dict[str, Any]] = []
@@ -304,6 +304,6 @@ class RedisFeed(Feed):
 
 async def _close_quietly(pubsub: aioredis.client.PubSub) -> None:
     try:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
     except Exception as error:  # the connection is being thrown away anyway
         logger.debug("Closing the Pub/Sub connection failed: %s", error)

@@ -9,7 +9,7 @@ forever. In one process (no Redis) a slot is a count in memory.
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 # A crashed process's streams stop counting against their users after this long.
@@ -30,7 +30,7 @@ class StreamSlots(ABC):
         out whether the broker works."""
 
     @abstractmethod
-    def hold(self, slot: Slot) -> "AsyncIterator[None]":
+    def hold(self, slot: Slot) -> AbstractAsyncContextManager[None]:
         """``async with slots.hold(slot):`` around the stream: the slot is kept while it runs and
         given back when it ends. A slot never held (its stream never started) expires."""
 

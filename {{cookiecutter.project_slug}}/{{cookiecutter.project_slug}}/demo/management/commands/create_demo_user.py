@@ -30,9 +30,8 @@ class Command(BaseCommand):
                 "Use --force if this server is not reachable by anyone else."
             )
         user_model = get_user_model()
-        user, created = user_model._default_manager.get_or_create(
-            **{user_model.USERNAME_FIELD: USERNAME}
-        )
+        lookup: dict[str, Any] = {user_model.USERNAME_FIELD: USERNAME}
+        user, created = user_model._default_manager.get_or_create(**lookup)
         user.is_active = True
         user.is_staff = True
         user.is_superuser = True  # superusers hold every permission, publishing events included
