@@ -207,6 +207,8 @@ EVENTS_STREAM_RATE = env.str("EVENTS_STREAM_RATE", default="60/min")
 EVENTS_PUBLISH_RATE = env.str("EVENTS_PUBLISH_RATE", default="600/min")
 # How long a stream ticket (POST /api/events/tickets/) opens streams, in seconds.
 EVENTS_TICKET_SECONDS = env.int("EVENTS_TICKET_SECONDS", default=30)
+# How long an idempotency key (Idempotency-Key header, publish(key=...)) is remembered, in seconds.
+EVENTS_IDEMPOTENCY_SECONDS = env.int("EVENTS_IDEMPOTENCY_SECONDS", default=86400)
 
 # The cache holds the rate limits' counters and the revoked credentials that stream tickets are
 # checked against: in Redis when REDIS_URL is set, so that every process sees the same; otherwise

@@ -157,6 +157,7 @@ def test_event_settings_defaults(tmp_path: Path) -> None:
         "EVENTS_STREAM_RATE": "60/min",
         "EVENTS_PUBLISH_RATE": "600/min",
         "EVENTS_TICKET_SECONDS": 30,
+        "EVENTS_IDEMPOTENCY_SECONDS": 86400,
     }
     assert settings["EVENTS_TOPIC_AUTHORIZER"].endswith(
         ".events.authorization.default_topic_authorizer"

@@ -28,6 +28,7 @@ class EventSettings:
     stream_rate: str | None
     publish_rate: str | None
     ticket_seconds: int
+    idempotency_seconds: int
 
 
 def event_settings() -> EventSettings:
@@ -60,4 +61,5 @@ def event_settings() -> EventSettings:
         stream_rate=getattr(settings, "EVENTS_STREAM_RATE", "60/min") or None,
         publish_rate=getattr(settings, "EVENTS_PUBLISH_RATE", "600/min") or None,
         ticket_seconds=getattr(settings, "EVENTS_TICKET_SECONDS", 30),
+        idempotency_seconds=getattr(settings, "EVENTS_IDEMPOTENCY_SECONDS", 86_400),
     )

@@ -17,5 +17,9 @@ class InvalidEvent(EventError):
     """An event is malformed: bad JSON, wrong schema, bad name, bad address."""
 
 
+class IdempotencyConflict(EventError):
+    """An idempotency key already used for a different event."""
+
+
 class InvalidEventId(EventError):
     """A ``Last-Event-ID`` that is not an id this project hands out."""

@@ -1,3 +1,4 @@
+import re
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
@@ -20,19 +21,27 @@ from rest_framework.views import APIView
 from .access import Credential, StreamAccess
 from .authorization import denied_topics
 from .broker import get_broker
+from .broker.base import Once, Publication
 from .channels import BROADCAST, topic_channel, user_channel, validate_topic
 from .conf import EventSettings, event_settings
-from .event import parse_event_id
-from .exceptions import BrokerUnavailable, EventTooLarge, InvalidEvent, InvalidEventId
+from .event import make_draft, parse_event_id
+from .exceptions import (
+    BrokerUnavailable,
+    EventTooLarge,
+    IdempotencyConflict,
+    InvalidEvent,
+    InvalidEventId,
+)
 from .limits import PublishRateThrottle, StreamRateThrottle
 from .parsers import EventJSONParser
 from .permissions import CanPublishEvents
-from .publish import publish
 from .renderers import EventStreamRenderer
 from .serializers import PublishEventSerializer, StreamTicketSerializer
 from .stream import event_stream
 from .tickets import TICKET_PARAMETER, StreamTicket, StreamTicketAuthentication
 
+# What an Idempotency-Key may be: the IETF draft's "any string", bounded and printable.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")
 # Told to a client over the open-streams limit: slots free up as soon as a stream closes.
 _STREAM_LIMIT_RETRY_SECONDS = 10
 
@@ -197,13 +206,24 @@ class StreamTicketView(APIView):
 
 
 class PublishEventView(APIView):
-    """``POST``: publish an event; answers 201 with its id, or 4xx/503 with a reason."""
+    """``POST``: publish an event; answers 201 with its id, or 4xx/503 with a reason.
+
+    With an ``Idempotency-Key`` header, a retry with the same key (by the same user, within
+    ``EVENTS_IDEMPOTENCY_SECONDS``) publishes nothing and answers 200 with the first event's id
+    and ``Idempotent-Replayed: true``; the same key for another event is a 422.
+    """
 
     permission_classes = [IsAuthenticated, CanPublishEvents]
     parser_classes = [EventJSONParser]
     throttle_classes = [PublishRateThrottle]
 
     def post(self, request: Request) -> Response:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            return Response(
+                {"detail": "Idempotency-Key must be 1 to 255 printable ASCII characters."},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         try:
             body = request.data
         except RequestDataTooBig:
@@ -215,14 +235,31 @@ class PublishEventView(APIView):
         serializer = PublishEventSerializer(data=body)
         serializer.is_valid(raise_exception=True)
         fields = serializer.validated_data
+        settings = event_settings()
         try:
-            event = publish(
-                fields["type"], fields["data"], user=fields.get("user"), topic=fields.get("topic")
+            draft = make_draft(
+                fields["type"],
+                fields["data"],
+                user=fields.get("user"),
+                topic=fields.get("topic"),
+                max_payload_bytes=settings.max_payload_bytes,
             )
+            if key is None:
+                publication = Publication(get_broker().publish(draft), replayed=False)
+            else:  # keys are the user's own: two publishers never collide
+                once = Once(f"{request.user.pk}:{key}", settings.idempotency_seconds)
+                publication = get_broker().publish_once(draft, once)
         except EventTooLarge as error:
             return Response({"detail": str(error)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         except InvalidEvent as error:  # what only serializing reveals, e.g. a lone surrogate
             return Response({"detail": str(error)}, status=status.HTTP_400_BAD_REQUEST)
+        except IdempotencyConflict as error:
+            return Response({"detail": str(error)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
         except BrokerUnavailable as error:
             return Response({"detail": str(error)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return Response({"id": event.id}, status=status.HTTP_201_CREATED)
+        body = {"id": publication.event.id}
+        if publication.replayed:
+            return Response(
+                body, status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"}
+            )
+        return Response(body, status=status.HTTP_201_CREATED)

@@ -4,6 +4,7 @@ Two implementations: ``RedisBroker`` (any number of processes and hosts) and ``I
 (one process; the embedded default when ``REDIS_URL`` is unset).
 """
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Container, Iterable
@@ -49,6 +50,30 @@ class AccessChange:
         return cls(*fields)
 
 
+@dataclass(frozen=True, slots=True)
+class Once:
+    """Publish at most once per ``key`` within ``seconds``: a retry gets the first event's id."""
+
+    key: str
+    seconds: int
+
+    @property
+    def digest(self) -> str:
+        """The key as stored: any string a client sends is a short, safe name."""
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    event: Event
+    replayed: bool  # True: published before under this key; nothing was published now
+
+
+def envelope_digest(draft: Draft) -> str:
+    """Tells a retry (same event) from a key used again for another event."""
+    return hashlib.sha256(draft.envelope.encode()).hexdigest()[:32]
+
+
 class FeedSink(Protocol):
     """Receives what a feed reads (implemented by the per-process hub)."""
 
@@ -89,6 +114,14 @@ class Broker(ABC):
 
     @abstractmethod
     async def apublish(self, draft: Draft) -> Event: ...
+
+    @abstractmethod
+    def publish_once(self, draft: Draft, once: Once) -> Publication:
+        """``publish``, unless ``once.key`` published an event within ``once.seconds``: then
+        that event, replayed. Raises IdempotencyConflict if that was another event."""
+
+    @abstractmethod
+    async def apublish_once(self, draft: Draft, once: Once) -> Publication: ...
 
     @abstractmethod
     def history_after(

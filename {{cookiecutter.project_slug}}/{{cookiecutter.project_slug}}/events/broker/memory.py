@@ -13,7 +13,17 @@ from collections.abc import AsyncIterator, Container, Iterable
 
 from ..channels import RESET_MARKER
 from ..event import Draft, Event, parse_event_id
-from .base import AccessChange, Broker, Feed, FeedSink, HistoryGap
+from ..exceptions import IdempotencyConflict
+from .base import (
+    AccessChange,
+    Broker,
+    Feed,
+    FeedSink,
+    HistoryGap,
+    Once,
+    Publication,
+    envelope_digest,
+)
 from .slots import MemoryStreamSlots
 
 # Replay hands out history in pages of this many events, yielding to the event loop in between.
@@ -23,11 +33,14 @@ HISTORY_PAGE_SIZE = 50
 class InMemoryBroker(Broker):
     def __init__(self, history_length: int) -> None:
         self._history: deque[Event] = deque(maxlen=max(history_length, 1))
-        # publish() may run in a worker thread (sync views) while feeds live on the event loop.
-        self._lock = threading.Lock()
+        # publish() may run in a worker thread (sync views) while feeds live on the event loop;
+        # reentrant: publish_once() publishes under it.
+        self._lock = threading.RLock()
         self._last_id = (0, 0)
         self._feeds: set[_MemoryFeed] = set()
         self.stream_slots = MemoryStreamSlots()
+        # Idempotency keys seen: digest -> (event id, envelope digest, expiry), oldest first.
+        self._seen: dict[str, tuple[str, str, float]] = {}
 
     def publish(self, draft: Draft) -> Event:
         with self._lock:
@@ -40,6 +53,30 @@ class InMemoryBroker(Broker):
 
     async def apublish(self, draft: Draft) -> Event:
         return self.publish(draft)
+
+    def publish_once(self, draft: Draft, once: Once) -> Publication:
+        now = time.monotonic()
+        with self._lock:
+            while self._seen:  # expired keys go, oldest first (insertion order = expiry order)
+                oldest = next(iter(self._seen))
+                if self._seen[oldest][2] > now:
+                    break
+                del self._seen[oldest]
+            seen = self._seen.get(once.digest)
+            if seen is not None:
+                if seen[1] != envelope_digest(draft):
+                    raise IdempotencyConflict(
+                        "This idempotency key was used for another event: use a new key for a "
+                        "new event."
+                    )
+                return Publication(draft.with_id(seen[0]), replayed=True)
+            event = self.publish(draft)
+            assert event.id is not None  # published events have ids
+            self._seen[once.digest] = (event.id, envelope_digest(draft), now + once.seconds)
+            return Publication(event, replayed=False)
+
+    async def apublish_once(self, draft: Draft, once: Once) -> Publication:
+        return self.publish_once(draft, once)
 
     async def history_after(
         self, event_id: str | None, channels: Container[str] | None = None

@@ -22,9 +22,18 @@ from redis.retry import Retry
 
 from ..channels import CONTROL, RESET_MARKER
 from ..event import Draft, Event, parse_envelope, parse_event_id
-from ..exceptions import BrokerUnavailable, EventError
+from ..exceptions import BrokerUnavailable, EventError, IdempotencyConflict
 from ..malformed import report_malformed
-from .base import AccessChange, Broker, Feed, FeedSink, HistoryGap
+from .base import (
+    AccessChange,
+    Broker,
+    Feed,
+    FeedSink,
+    HistoryGap,
+    Once,
+    Publication,
+    envelope_digest,
+)
 from .redis_feed import RedisFeed
 from .redis_slots import RedisStreamSlots
 
@@ -33,6 +42,17 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                       'channel', ARGV[4], 'envelope', ARGV[3])
 redis.call('PUBLISH', ARGV[2], id .. ' ' .. redis.sha1hex(ARGV[5] .. id) .. '\\n' .. ARGV[3])
 return id
+"""
+# The same, at most once per idempotency key (KEYS[2]): a key already seen returns what it
+# recorded, "<id> <envelope digest>", and publishes nothing.
+_PUBLISH_ONCE = """
+local seen = redis.call('GET', KEYS[2])
+if seen then return {0, seen} end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'channel', ARGV[4], 'envelope', ARGV[3])
+redis.call('PUBLISH', ARGV[2], id .. ' ' .. redis.sha1hex(ARGV[5] .. id) .. '\\n' .. ARGV[3])
+redis.call('SET', KEYS[2], id .. ' ' .. ARGV[7], 'EX', ARGV[6])
+return {1, id}
 """
 # The newest id in history, or the id of a marker entry added to an empty history (its channel is
 # no reader's, so replay and catch-up skip it without parsing).
@@ -80,6 +100,7 @@ class RedisBroker(Broker):
         self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS)
         self._publish_script = self._client.register_script(_PUBLISH)
         self._reset_point_script = self._client.register_script(_RESET_POINT)
+        self._publish_once_script = self._client.register_script(_PUBLISH_ONCE)
         self.stream_slots = RedisStreamSlots(self)
         # redis.asyncio clients belong to the event loop that created them.
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
@@ -143,6 +164,33 @@ class RedisBroker(Broker):
         except redis.RedisError as error:
             raise _not_published(error) from error
         return draft.with_id(event_id.decode())
+
+    def _publish_once_args(self, draft: Draft, once: Once) -> tuple[list[str], list[str | int]]:
+        keys, args = self._publish_args(draft)
+        keys.append(f"{self._prefix}:idempotency:{once.digest}")
+        args += [once.seconds, envelope_digest(draft)]
+        return keys, args
+
+    def publish_once(self, draft: Draft, once: Once) -> Publication:
+        keys, args = self._publish_once_args(draft, once)
+        try:
+            reply = self._publish_once_script(keys=keys, args=args)
+        except redis.RedisError as error:
+            raise _not_published(error) from error
+        return _publication(draft, reply)
+
+    async def apublish_once(self, draft: Draft, once: Once) -> Publication:
+        keys, args = self._publish_once_args(draft, once)
+        client = self.async_client()
+        try:
+            try:
+                script = self._publish_once_script
+                reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # not run: safe to send it in full
+                reply = await client.eval(_PUBLISH_ONCE, len(keys), *keys, *args)
+        except redis.RedisError as error:
+            raise _not_published(error) from error
+        return _publication(draft, reply)
 
     async def history_after(
         self, event_id: str | None, channels: Container[str] | None = None
@@ -243,6 +291,18 @@ class RedisBroker(Broker):
             self._client.ping()
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
+
+
+def _publication(draft: Draft, reply: list[Any]) -> Publication:
+    published, value = int(reply[0]), reply[1].decode()
+    if published:
+        return Publication(draft.with_id(value), replayed=False)
+    event_id, _, digest = value.partition(" ")
+    if digest != envelope_digest(draft):
+        raise IdempotencyConflict(
+            "This idempotency key was used for another event: use a new key for a new event."
+        )
+    return Publication(draft.with_id(event_id), replayed=True)
 
 
 def _not_published(error: redis.RedisError) -> BrokerUnavailable:
