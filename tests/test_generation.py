@@ -259,3 +259,28 @@ def test_django_checks_pass(combination: tuple, baked, tmp_path: Path) -> None:
         assert answered["/"] == [302, "/accounts/login/?next=/"]
     else:
         assert answered["/"] == [302, "/admin/"]
+
+
+def test_the_readme_states_the_numbers_of_cookiecutter_json() -> None:
+    """A figure written in a sentence goes stale when an option is added: derived here from the
+    template's own questions, it cannot."""
+    readme = (TEMPLATE_DIR / "README.md").read_text()
+    stated = re.search(r"bakes each of the ([\d,]+) combinations", readme)
+    assert stated, "the README no longer says how many combinations the tests bake"
+    assert int(stated[1].replace(",", "")) == len(OPTION_SETS)
+    code_stated = re.search(r"for each of the ([\d,]+) combinations that change code", readme)
+    assert code_stated, "the README no longer says how many code-changing combinations there are"
+    assert int(code_stated[1].replace(",", "")) == len(CODE_COMBINATIONS)
+
+
+def test_every_make_target_is_named_in_the_readme_and_runs_dry(baked) -> None:
+    project = baked()
+    makefile = (project / "Makefile").read_text()
+    targets = re.findall(r"^([a-z]+):", makefile, re.MULTILINE)
+    assert {"run", "test", "lint", "types", "bench", "up"} <= set(targets)
+    phony = re.search(r"^\.PHONY: (.+)$", makefile, re.MULTILINE)
+    assert phony and set(phony[1].split()) == set(targets)
+    readme = (project / "README.md").read_text()
+    assert [target for target in targets if f"`make {target}`" not in readme] == []
+    for target in targets:  # -n: print the commands, run none
+        run(["make", "-n", target], cwd=project)
