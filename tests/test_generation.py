@@ -279,7 +279,8 @@ def test_every_make_target_is_named_in_the_readme_and_runs_dry(baked) -> None:
     targets = re.findall(r"^([a-z]+):", makefile, re.MULTILINE)
     assert {"run", "test", "lint", "types", "bench", "up"} <= set(targets)
     phony = re.search(r"^\.PHONY: (.+)$", makefile, re.MULTILINE)
-    assert phony and set(phony[1].split()) == set(targets)
+    assert phony
+    assert set(phony[1].split()) == set(targets)
     readme = (project / "README.md").read_text()
     assert [target for target in targets if f"`make {target}`" not in readme] == []
     for target in targets:  # -n: print the commands, run none
