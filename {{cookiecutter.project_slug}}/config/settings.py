@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "csp",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # the API docs page's files, served by this site
     "{{ cookiecutter.project_slug }}.events",
 {%- if cookiecutter.include_demo %}
     "{{ cookiecutter.project_slug }}.demo",
@@ -112,6 +114,17 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The API's OpenAPI schema (GET /api/schema/) and its docs page (/api/docs/: DEBUG or staff).
+SPECTACULAR_SETTINGS = {
+    "TITLE": {{ (cookiecutter.project_name ~ " API") | tojson }},
+    "DESCRIPTION": "Server-Sent Events and publishing: see docs/events.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 LANGUAGE_CODE = "en-us"

@@ -8,6 +8,9 @@ from django.urls import include, path
 {%- if not cookiecutter.include_demo %}
 from django.views.generic import RedirectView
 {%- endif %}
+from drf_spectacular.views import SpectacularAPIView
+
+from {{ cookiecutter.project_slug }}.events.schema import ApiDocsView
 
 urlpatterns = [
     path("", include("{{ cookiecutter.project_slug }}.health.urls")),
@@ -18,6 +21,9 @@ urlpatterns = [
 {%- endif %}
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/events/", include("{{ cookiecutter.project_slug }}.events.urls")),
+    # The API's contract (OpenAPI 3), and a page to read it.
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", ApiDocsView.as_view(url_name="schema"), name="api-docs"),
 {%- if cookiecutter.include_demo %}
     path("", include("{{ cookiecutter.project_slug }}.demo.urls")),
 {%- else %}

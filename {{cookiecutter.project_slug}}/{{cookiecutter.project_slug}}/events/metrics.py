@@ -3,6 +3,7 @@
 import asyncio
 import threading
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -10,6 +11,7 @@ from rest_framework.views import APIView
 
 from .hub import running_hubs
 from .malformed import malformed_total
+from .schema import METRICS
 
 
 class StreamMetricsView(APIView):
@@ -22,6 +24,7 @@ class StreamMetricsView(APIView):
 
     permission_classes = [IsAdminUser]
 
+    @extend_schema(**METRICS)
     def get(self, request: Request) -> Response:
         hubs = running_hubs()
         return Response(

@@ -9,6 +9,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponseBase, StreamingHttpResponse
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import PermissionDenied, Throttled, ValidationError
 from rest_framework.permissions import IsAuthenticated
@@ -36,6 +37,7 @@ from .limits import PublishRateThrottle, StreamRateThrottle
 from .parsers import EventJSONParser
 from .permissions import CanPublishEvents
 from .renderers import EventStreamRenderer
+from .schema import PUBLISH, STREAM, TICKET
 from .serializers import PublishEventSerializer, StreamTicketSerializer
 from .stream import event_stream
 from .tickets import TICKET_PARAMETER, StreamTicket, StreamTicketAuthentication
@@ -64,6 +66,7 @@ class EventStreamView(APIView):
     permission_classes = [IsAuthenticated]
     throttle_classes = [StreamRateThrottle]
 
+    @extend_schema(**STREAM)
     def get(self, request: Request) -> StreamingHttpResponse:
         settings = event_settings()
         ticket = request.auth if isinstance(request.auth, StreamTicket) else None
@@ -171,6 +174,7 @@ class StreamTicketView(APIView):
     def get_throttles(self) -> list[Any]:
         return [] if self.request.method == "OPTIONS" else super().get_throttles()
 
+    @extend_schema(exclude=True)  # CORS preflight, not a call of the API
     def options(self, request: Any, *args: Any, **kwargs: Any) -> Response:
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -185,6 +189,7 @@ class StreamTicketView(APIView):
             response["Access-Control-Max-Age"] = "600"
         return response
 
+    @extend_schema(**TICKET)
     def post(self, request: Request) -> Response:
         settings = event_settings()
         serializer = StreamTicketSerializer(data=request.data)
@@ -217,6 +222,7 @@ class PublishEventView(APIView):
     parser_classes = [EventJSONParser]
     throttle_classes = [PublishRateThrottle]
 
+    @extend_schema(**PUBLISH)
     def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key")
         if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
