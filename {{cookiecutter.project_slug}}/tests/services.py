@@ -4,6 +4,7 @@ Every process is started with a deadline and stopped by its fixture. Under ``CI=
 program fails the test instead of skipping it.
 """
 
+import asyncio
 import json
 import os
 import shutil
@@ -12,13 +13,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
+
+T = TypeVar("T")
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # No server a test starts may outlive this, even if the test run is killed.
@@ -291,3 +295,24 @@ def signed_in_browser(
         )
         assert response.status_code == 302, response.text
         yield client
+
+
+async def hold_streams(server: Daphne, token: str, count: int, measure: Callable[[], T]) -> T:
+    """Open ``count`` streams at once (raw sockets, as many clients would), and return what
+    ``measure`` (run in a thread) finds while they are all subscribed; then close them."""
+    request = (
+        "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Token {token}\r\n\r\n"
+    ).encode()
+    connections = []
+    try:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request)
+            connections.append((reader, writer))
+        for reader, _ in connections:
+            await asyncio.wait_for(reader.readuntil(b": connected"), 20)
+        return await asyncio.to_thread(measure)
+    finally:
+        for _, writer in connections:
+            writer.close()

@@ -14,7 +14,8 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -26,6 +27,7 @@ from .services import (
     RedisServer,
     api,
     daphne_server,
+    hold_streams,
     publish,
     signed_in_browser,
 )
@@ -153,15 +155,24 @@ def test_topics_are_denied_unless_public_or_staff(pair: Pair, live_project: Live
 # --- Limits -----------------------------------------------------------------------------------
 
 
-def test_one_users_open_streams_are_limited_over_every_process(pair: Pair, user: User) -> None:
+@contextmanager
+def a_stream_on_each_process(
+    pair: Pair, token: str
+) -> Iterator[tuple[httpx.Client, httpx.Client, EventStream, EventStream]]:
+    """Clients of both processes with ``token``, and a stream open on each."""
     with (
-        api(pair.first, user.token) as on_first,
-        api(pair.second, user.token) as on_second,
+        api(pair.first, token) as on_first,
+        api(pair.second, token) as on_second,
         open_stream(on_first) as one,
         open_stream(on_second) as two,
     ):
         one.take_all(1)
         two.take_all(1)
+        yield on_first, on_second, one, two
+
+
+def test_one_users_open_streams_are_limited_over_every_process(pair: Pair, user: User) -> None:
+    with a_stream_on_each_process(pair, user.token) as (on_first, on_second, _, _):
         for client in (on_first, on_second):
             refused = stream_status(client)
             assert refused.status_code == 429
@@ -260,28 +271,9 @@ def test_checking_the_limits_holds_no_redis_connection_per_stream(
         with open_stream(alice) as warm_up:  # the connections a first stream opens
             warm_up.take_all(1)
         before = connected()
-        opened = asyncio.run(_hold_streams(server, live_project.tokens["alice"], 200, connected))
+        opened = asyncio.run(hold_streams(server, live_project.tokens["alice"], 200, connected))
     print(f"RELIABILITY: redis connections before={before} with_200_streams={opened}")
     assert opened <= before + 3
-
-
-async def _hold_streams(server: Daphne, token: str, count: int, measure: Callable[[], int]) -> int:
-    request = (
-        "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-        f"Authorization: Token {token}\r\n\r\n"
-    ).encode()
-    connections = []
-    try:
-        for _ in range(count):
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(request)
-            connections.append((reader, writer))
-        for reader, _ in connections:
-            await asyncio.wait_for(reader.readuntil(b": connected"), 20)
-        return await asyncio.to_thread(measure)
-    finally:
-        for _, writer in connections:
-            writer.close()
 
 
 # --- Revocation -------------------------------------------------------------------------------
@@ -311,14 +303,7 @@ def test_logout_ends_that_sessions_streams_on_every_process_and_only_those(
 
 
 def test_a_deleted_token_ends_its_streams_on_every_process(pair: Pair, user: User) -> None:
-    with (
-        api(pair.first, user.token) as on_first,
-        api(pair.second, user.token) as on_second,
-        open_stream(on_first) as one,
-        open_stream(on_second) as two,
-    ):
-        one.take_all(1)
-        two.take_all(1)
+    with a_stream_on_each_process(pair, user.token) as (on_first, _, one, two):
         pair.shell(
             "from rest_framework.authtoken.models import Token\n"
             f"Token.objects.filter(key={user.token!r}).delete()"

@@ -18,6 +18,7 @@ from .services import (
     RedisServer,
     api,
     daphne_server,
+    hold_streams,
     metrics,
     publish,
     redis_server,
@@ -199,29 +200,10 @@ def test_open_streams_hold_no_thread(server: Daphne, live_project: LiveProject) 
         metrics(staff)  # warm up the shared worker thread
         threads_before = server.status("Threads")
         threads_open, streams_open = asyncio.run(
-            _hold_streams(server, token, 200, lambda: (server.status("Threads"), metrics(staff)))
+            hold_streams(server, token, 200, lambda: (server.status("Threads"), metrics(staff)))
         )
     assert streams_open["streams"] == 200
     assert threads_open <= threads_before + 2, (threads_before, threads_open)
-
-
-async def _hold_streams(server: Daphne, token: str, count: int, measure):  # type: ignore[no-untyped-def]
-    request = (
-        "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-        f"Authorization: Token {token}\r\n\r\n"
-    ).encode()
-    connections = []
-    try:
-        for _ in range(count):
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(request)
-            connections.append((reader, writer))
-        for reader, _ in connections:
-            await asyncio.wait_for(reader.readuntil(b": connected"), 20)
-        return await asyncio.to_thread(measure)
-    finally:
-        for _, writer in connections:
-            writer.close()
 
 
 def test_publish_raises_a_clear_error_while_redis_is_down(

@@ -201,41 +201,32 @@ def test_runserver_is_daphnes_asgi_server() -> None:
     assert get_commands()["runserver"] == "daphne"
 
 
-def test_deployment_checks_pass_with_production_values() -> None:
-    result = subprocess.run(
-        [sys.executable, "-B", "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+def manage_check(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a process of its own, with production values and ``settings``."""
+    return subprocess.run(
+        [sys.executable, "-B", "manage.py", "check", *args],
         cwd=PROJECT_DIR,
         env={
             **os.environ,
             **PRODUCTION,
             "DEBUG": "false",
-            "ALLOWED_HOSTS": "example.com",
             "DJANGO_SETTINGS_MODULE": "config.settings",
+            **settings,
         },
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_deployment_checks_pass_with_production_values() -> None:
+    result = manage_check("--deploy", "--fail-level", "WARNING", ALLOWED_HOSTS="example.com")
     assert result.returncode == 0, result.stderr
 
 
 def test_a_malformed_rate_or_authorizer_fails_the_startup_checks_with_a_clear_message() -> None:
-    result = subprocess.run(
-        [sys.executable, "-B", "manage.py", "check"],
-        cwd=PROJECT_DIR,
-        env={
-            **os.environ,
-            **PRODUCTION,
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "EVENTS_STREAM_RATE": "lots",
-            "EVENTS_PUBLISH_RATE": "5/fortnight",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = manage_check(EVENTS_STREAM_RATE="lots", EVENTS_PUBLISH_RATE="5/fortnight")
     assert result.returncode != 0
     assert "(events.E001) EVENTS_STREAM_RATE='lots' is not a rate." in result.stderr
     assert "(events.E001) EVENTS_PUBLISH_RATE='5/fortnight' is not a rate." in result.stderr
