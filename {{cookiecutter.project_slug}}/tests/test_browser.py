@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from .services import LiveProject, RedisServer, api, daphne_server, require_program
+from .services import LiveProject, RedisServer, api, daphne_server, publish, require_program
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -161,6 +161,63 @@ def test_demo_page_explains_a_refused_stream_and_an_ended_access(
             "Signed out: sign in again to receive events."
         )
         context.close()
+
+
+def test_the_client_opens_a_ticket_stream_and_asks_for_a_new_ticket_when_it_expires(
+    live_project: LiveProject, tmp_path: Path
+) -> None:
+    """A page without a session: the client gets tickets from the page (here, from a token
+    held elsewhere), opens the stream with one, and when the stream ends after the ticket
+    expired (its reconnection is refused with 401) asks for a new one and resumes by id."""
+    settings = {
+        "REDIS_URL": "",
+        "EVENTS_TICKET_SECONDS": "2",
+        "EVENTS_STREAM_MAX_SECONDS": "4",  # then the browser reconnects with the stale ticket
+        "EVENTS_RETRY_MILLISECONDS": "300",
+    }
+    tickets: list[str] = []
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with (
+        daphne_server(live_project, tmp_path, **settings) as server,
+        api(server, live_project.tokens["alice"]) as alice,
+        api(server, live_project.tokens["staff"]) as staff,
+        chromium() as browser,
+    ):
+
+        def get_ticket() -> dict:
+            response = alice.post("/api/events/tickets/", json={"topics": []})
+            assert response.status_code == 201, response.text
+            tickets.append(response.json()["ticket"])
+            return response.json()
+
+        # No session: only the ticket authenticates the stream. The test's own scripts are
+        # evaluated strings, which the page's CSP (rightly) forbids: not the client's concern.
+        page = browser.new_context(bypass_csp=True).new_page()
+        page.goto(f"{server.url}/accounts/login/")
+        page.expose_function("getTicket", get_ticket)
+        page.evaluate(
+            """async () => {
+                const { EventStreamClient } = await import("/api/events/client.js");
+                window.received = [];
+                window.states = [];
+                const client = new EventStreamClient("/api/events/stream/", {
+                    ticket: () => window.getTicket(),
+                    onState: (state) => window.states.push(state),
+                });
+                client.on("notice", (data) => window.received.push(data.n));
+            }"""
+        )
+        page.wait_for_function("window.states.includes('open')")
+        publish(staff, "notice", {"n": 1}, user=int(live_project.tokens["alice_pk"]))
+        page.wait_for_function("window.received.length === 1")
+        # The stream ends with its lifetime; its ticket has expired by then.
+        page.wait_for_function(
+            "window.states.filter((s) => s === 'open').length >= 2", timeout=15000
+        )
+        publish(staff, "notice", {"n": 2}, user=int(live_project.tokens["alice_pk"]))
+        page.wait_for_function("window.received.length === 2")
+        assert page.evaluate("window.received") == [1, 2]
+    assert len(tickets) >= 2, "the client never asked for a new ticket"
 
 
 def test_create_demo_user_refuses_its_well_known_password_outside_debug_unless_forced(

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from .metrics import StreamMetricsView
-from .views import EventStreamView, PublishEventView, StreamTicketView
+from .views import EventStreamView, PublishEventView, StreamTicketView, events_client
 
 app_name = "events"
 
@@ -9,5 +9,6 @@ urlpatterns = [
     path("", PublishEventView.as_view(), name="publish"),
     path("stream/", EventStreamView.as_view(), name="stream"),
     path("tickets/", StreamTicketView.as_view(), name="tickets"),
+    path("client.js", events_client, name="client"),
     path("metrics/", StreamMetricsView.as_view(), name="metrics"),
 ]

@@ -1,12 +1,15 @@
+import hashlib
 import re
 from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings as django_settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from drf_spectacular.utils import extend_schema
@@ -269,3 +272,25 @@ class PublishEventView(APIView):
                 body, status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"}
             )
         return Response(body, status=status.HTTP_201_CREATED)
+
+
+def events_client(request: HttpRequest) -> HttpResponse:
+    """``GET``: the browser client of the stream (``client/events-client.js``), an ES module.
+
+    Served by the API itself (as socket.io serves its client): a page finds it wherever the API
+    is, whatever serves the static files, and gets the version that matches the server.
+    """
+    source, version = _client_source()
+    if request.headers.get("If-None-Match") == version:
+        response = HttpResponse(status=status.HTTP_304_NOT_MODIFIED)
+    else:
+        response = HttpResponse(source, content_type="text/javascript; charset=utf-8")
+    response["ETag"] = version
+    response["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@cache
+def _client_source() -> tuple[bytes, str]:
+    source = (Path(__file__).parent / "client" / "events-client.js").read_bytes()
+    return source, f'"{hashlib.sha256(source).hexdigest()[:16]}"'
