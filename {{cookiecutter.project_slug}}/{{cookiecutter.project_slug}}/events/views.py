@@ -1,9 +1,9 @@
 import hashlib
 import re
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from functools import cache
 from pathlib import Path
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 from urllib.parse import urlencode
 
