@@ -63,25 +63,6 @@ def test_postgresql_gunicorn_project_without_demo_passes_its_own_tests(
     run_own_tests(project, "-m", "not proof", DATABASE_URL=f"{postgres_server}/live_events")
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize(
-    "answers",
-    [{}, {"database": "postgresql", "http_topology": "daphne+gunicorn", "include_demo": False}],
-    ids=["default", "postgresql-gunicorn-without-demo"],
-)
-def test_generated_code_passes_its_type_checks(baked, answers: dict, tmp_path: Path) -> None:
-    """mypy as the project configures it (pyproject.toml): strict on the events app."""
-    project = baked(**answers)
-    python = project_python(project)
-    result = run(
-        [str(python), "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache")],
-        cwd=project,
-        env=project_env(python),
-        timeout=500,
-    )
-    assert result.stdout.startswith("Success: no issues found"), result.stdout
-
-
 @pytest.mark.timeout(900)
 def test_demo_script_serves_a_project_to_sign_in_to(tmp_path: Path) -> None:
     port = free_port()

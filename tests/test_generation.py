@@ -233,8 +233,9 @@ print(json.dumps({path: [r.status_code, r.headers.get("Location")] for path, r i
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("combination", CODE_COMBINATIONS, ids=lambda c: "-".join(map(str, c)))
-def test_django_checks_pass(combination: tuple, baked, tmp_path: Path) -> None:
+def test_django_checks_and_types_pass(combination: tuple, baked, tmp_path: Path) -> None:
     answers = dict(zip(CODE_OPTIONS, combination, strict=True))
     project = baked(**answers)
     python = project_python(project)
@@ -248,6 +249,15 @@ def test_django_checks_pass(combination: tuple, baked, tmp_path: Path) -> None:
     manage(development, "check", "--fail-level", "WARNING")
     manage(development, "makemigrations", "--check", "--dry-run")
     manage(production, "check", "--deploy", "--fail-level", "WARNING")
+
+    # Types, as the project configures mypy (pyproject.toml): strict on the events app.
+    types = run(
+        [str(python), "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache")],
+        cwd=project,
+        env=development,
+        timeout=500,
+    )
+    assert types.stdout.startswith("Success: no issues found"), types.stdout
 
     output = manage(production, "shell", "-c", SMOKE_REQUESTS)
     answered = json.loads(output.strip().splitlines()[-1])
