@@ -60,6 +60,8 @@ INSTALLED_APPS = [
 
 # No GZipMiddleware: compressing an event stream buffers it, and events arrive late or never.
 MIDDLEWARE = [
+    # First: every later log line of the request carries its request id.
+    "{{ cookiecutter.project_slug }}.observability.logs.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -158,7 +160,7 @@ CONTENT_SECURITY_POLICY = {
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # Probes call the app over plain HTTP from inside the network; a redirect would fail them.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 60 * 60 * 24 * 365)
@@ -166,14 +168,33 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+# "plain" for people, "json" (one object per line) for a log store.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "{asctime} {levelname} {name}: {message}", "style": "{"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            # Besides these, whatever a line adds (stream_id, event_id, reason...) is a field.
+            "fmt": "{asctime}{levelname}{name}{message}{request_id}{user_id}",
+            "style": "{",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "timestamp": False,
+        },
+    },
+    "filters": {
+        "request_context": {"()": "{{ cookiecutter.project_slug }}.observability.logs.RequestContextFilter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_context"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
@@ -222,6 +243,11 @@ EVENTS_PUBLISH_RATE = env.str("EVENTS_PUBLISH_RATE", default="600/min")
 EVENTS_TICKET_SECONDS = env.int("EVENTS_TICKET_SECONDS", default=30)
 # How long an idempotency key (Idempotency-Key header, publish(key=...)) is remembered, in seconds.
 EVENTS_IDEMPOTENCY_SECONDS = env.int("EVENTS_IDEMPOTENCY_SECONDS", default=86400)
+
+# GET /metrics (Prometheus): for requests with "Authorization: Bearer <METRICS_TOKEN>" (empty: no
+# token is accepted), or from these networks. The public nginx server does not proxy it.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
 
 # The cache holds the rate limits' counters and the revoked credentials that stream tickets are
 # checked against: in Redis when REDIS_URL is set, so that every process sees the same; otherwise

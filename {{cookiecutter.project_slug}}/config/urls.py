@@ -11,9 +11,11 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
 from {{ cookiecutter.project_slug }}.events.schema import ApiDocsView
+from {{ cookiecutter.project_slug }}.observability.metrics import metrics
 
 urlpatterns = [
     path("", include("{{ cookiecutter.project_slug }}.health.urls")),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
 {%- if not cookiecutter.include_demo %}
     # The admin's sign-in page, until the project has its own registration/login.html.

@@ -146,6 +146,7 @@ class StreamSend:
         self.response_started = False
         self._is_stream = False  # a 200: an event stream, not an error answered as JSON
         self.closed = False
+        self.ended_by: str | None = None  # why the server ended it, when it did: slow, shutdown
 
     async def __call__(self, message: Mapping[str, Any]) -> None:
         if self.closed:
@@ -159,6 +160,7 @@ class StreamSend:
                     await self._send(message)
             except TimeoutError:
                 self.closed = True
+                self.ended_by = "slow"
                 raise ClientTooSlow(f"a send took over {self._send_timeout}s") from None
             return
         await self._send(message)
@@ -186,6 +188,7 @@ class StreamSend:
                 # until then, sends go nowhere.
                 transport.abort()
                 self.closed = True
+                self.ended_by = "slow"
                 return
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
 
@@ -232,6 +235,7 @@ class StreamSend:
         if not self.response_started or not self.transport.connected:
             return False
         self.closed = True
+        self.ended_by = "shutdown"
         self._protocol.handle_reply(
             {"type": "http.response.body", "body": body, "more_body": False}
         )

@@ -19,12 +19,14 @@ access is gone.
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from asgiref.sync import sync_to_async
 
+from . import instruments
 from .access import StreamAccess
 from .broker import get_broker
 from .broker.base import AccessChange, Broker, Feed
@@ -73,6 +75,7 @@ class Subscriber:
         "channels",
         "overflowed",
         "revoked",
+        "sent",
     )
 
     def __init__(
@@ -86,6 +89,7 @@ class Subscriber:
         self.access = access
         self.overflowed = False
         self.revoked: str | None = None  # why its access ended, if it did
+        self.sent = 0  # live events handed to it (for its stream's log line)
         self._capacity = capacity
         self._max_bytes = max_bytes
         self._pending: deque[Event | Reset] = deque()
@@ -114,6 +118,7 @@ class Subscriber:
         empty until now, holds it)."""
         if self.overflowed or self.revoked:
             return False
+        self.sent += 1
         if self._writer is not None:
             self._outbox.append(item.wire)
             self._outbox_bytes += len(item.wire)
@@ -186,8 +191,10 @@ class Hub:
         # A channel's first subscriber subscribes the feed; later ones wait for the same future.
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._rechecks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
-        # Subscribers whose outbox holds events, written once per turn of the loop (see _flush).
+        # Subscribers whose outbox holds events, written once per turn of the loop (see _flush),
+        # and the events offered in this turn (their latency is observed then).
         self._unflushed: list[Subscriber] = []
+        self._offered: list[Event] = []
         self._flush_scheduled = False
 
     @property
@@ -251,17 +258,23 @@ class Hub:
 
     # FeedSink: called by the broker's feed, on the event loop.
     def deliver(self, event: Event) -> None:
-        self._offer(event, self._subscribers.get(event.channel, ()))
+        subscribers = self._subscribers.get(event.channel)
+        if subscribers:
+            self._offer(event, subscribers)
+            self._offered.append(event)
+            instruments.delivered.inc(len(subscribers))  # once per event, not per client
 
     def lost_events(self, reset_point: str) -> None:
-        self._offer(Reset(reset_point), self._all_subscribers())
+        subscribers = self._all_subscribers()
+        self._offer(Reset(reset_point), subscribers)
+        instruments.resets_sent.inc(len(subscribers))
 
-    def _offer(self, item: Event | Reset, subscribers: Iterable[Subscriber]) -> None:
+    def _offer(self, item: Event | Reset, subscribers: Collection[Subscriber]) -> None:
         unflushed = self._unflushed
         for subscriber in subscribers:
             if subscriber.offer(item):
                 unflushed.append(subscriber)
-        if unflushed and not self._flush_scheduled:
+        if not self._flush_scheduled:
             # After the feed's current read: the other events it holds join the same writes.
             asyncio.get_running_loop().call_soon(self._flush)
             self._flush_scheduled = True
@@ -271,6 +284,11 @@ class Hub:
         subscribers, self._unflushed = self._unflushed, []
         for subscriber in subscribers:
             subscriber.flush()
+        offered, self._offered = self._offered, []
+        now = time.time()
+        for event in offered:
+            if event.sort_key is not None:  # its id's milliseconds: when the broker stored it
+                instruments.delivery_latency.observe(max(0.0, now - event.sort_key[0] / 1000))
 
     def access_changed(self, change: AccessChange) -> None:
         subscribers = [

@@ -9,6 +9,8 @@ import logging
 import threading
 import time
 
+from . import instruments
+
 logger = logging.getLogger(__name__)
 
 WARNING_INTERVAL_SECONDS = 10.0
@@ -22,6 +24,7 @@ _last_warning = float("-inf")
 def report_malformed(source: str, where: object, reason: object) -> None:
     """Count one skipped message; log it unless a warning was logged less than the interval ago."""
     global _skipped_total, _skipped_unlogged, _last_warning
+    instruments.malformed_skipped.inc()
     with _lock:
         _skipped_total += 1
         _skipped_unlogged += 1

@@ -2,15 +2,18 @@
 
 import functools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import transaction
 
+from . import instruments
 from .broker import get_broker
 from .broker.base import Once
 from .conf import event_settings
 from .event import Draft, Event, make_draft
-from .exceptions import EventError
+from .exceptions import BrokerUnavailable, EventError
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +34,13 @@ def publish(
     event, ``IdempotencyConflict`` if ``key`` was used for another event, and
     ``BrokerUnavailable`` when it could not be stored (nothing is dropped silently).
     """
-    draft = _draft(event_type, data, user, topic)
-    if key is None:
-        return get_broker().publish(draft)
-    return get_broker().publish_once(draft, _once(key)).event
+    with counted_publish() as count:
+        draft = _draft(event_type, data, user, topic)
+        if key is None:
+            return get_broker().publish(draft)
+        publication = get_broker().publish_once(draft, _once(key))
+        count.replayed = publication.replayed
+        return publication.event
 
 
 async def apublish(
@@ -46,10 +52,13 @@ async def apublish(
     key: str | None = None,
 ) -> Event:
     """``publish`` for async code."""
-    draft = _draft(event_type, data, user, topic)
-    if key is None:
-        return await get_broker().apublish(draft)
-    return (await get_broker().apublish_once(draft, _once(key))).event
+    with counted_publish() as count:
+        draft = _draft(event_type, data, user, topic)
+        if key is None:
+            return await get_broker().apublish(draft)
+        publication = await get_broker().apublish_once(draft, _once(key))
+        count.replayed = publication.replayed
+        return publication.event
 
 
 def publish_on_commit(
@@ -74,12 +83,33 @@ def publish_on_commit(
 
 def _publish_committed(draft: Draft, once: Once | None) -> None:
     try:
-        if once is None:
-            get_broker().publish(draft)
-        else:
-            get_broker().publish_once(draft, once)
+        with counted_publish() as count:
+            if once is None:
+                get_broker().publish(draft)
+            else:
+                count.replayed = get_broker().publish_once(draft, once).replayed
     except EventError:
         logger.exception("An event of a committed transaction was not published: %s", draft.type)
+
+
+class _PublishCount:
+    replayed = False
+
+
+@contextmanager
+def counted_publish() -> Iterator[_PublishCount]:
+    """Count one publish in ``events_published_total`` by how it ends (set ``replayed`` when an
+    idempotency key was seen before)."""
+    count = _PublishCount()
+    try:
+        yield count
+    except BrokerUnavailable:
+        instruments.published.labels("unavailable").inc()
+        raise
+    except EventError:
+        instruments.published.labels("refused").inc()
+        raise
+    instruments.published.labels("duplicate" if count.replayed else "ok").inc()
 
 
 def _draft(event_type: str, data: Any, user: object, topic: str | None) -> Draft:

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Container, Iterable
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from typing import Any
 
-from . import shutdown
+from . import instruments, shutdown
 from .access import StreamAccess
 from .backpressure import StreamSend, current_stream_send
 from .broker.base import Broker, HistoryGap
@@ -24,6 +24,7 @@ from .conf import EventSettings
 from .event import REVOKED_TYPE, Event, parse_event_id
 from .exceptions import BrokerUnavailable
 from .hub import Reset, Subscriber, get_hub
+from .stream_record import StreamRecord
 from .wire import HEARTBEAT, encode_comment, encode_event, encode_retry
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,18 @@ async def event_stream(
     slot: AbstractAsyncContextManager[Any] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """``slot``: held while the stream runs (the user's share of the open-streams limit)."""
-    # aclosing: a client's disconnect closes this generator, and must close the inner one now
-    # (leaving the hub), not when the garbage collector gets to it.
-    async with (
-        slot or nullcontext(),
-        aclosing(_event_stream(channels, last_event_id, settings, access)) as chunks,
-    ):
-        async for chunk in chunks:
-            yield chunk
+    record = StreamRecord(access.user_pk if access else None, resumed=last_event_id is not None)
+    try:
+        # aclosing: a client's disconnect closes this generator, and must close the inner one
+        # now (leaving the hub), not when the garbage collector gets to it.
+        async with (
+            slot or nullcontext(),
+            aclosing(_event_stream(channels, last_event_id, settings, access, record)) as chunks,
+        ):
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        record.ended(current_stream_send.get())
 
 
 async def _event_stream(
@@ -58,8 +63,10 @@ async def _event_stream(
     last_event_id: str | None,
     settings: EventSettings,
     access: StreamAccess | None,
+    record: StreamRecord,
 ) -> AsyncGenerator[bytes, None]:
     if shutdown.is_draining():
+        record.reason = "shutdown"
         yield shutdown.goodbye(settings)
         return
     # Looked up here, not by the caller: the view runs in a worker thread, and the hub belongs to
@@ -71,22 +78,27 @@ async def _event_stream(
             channels, settings.client_queue_size, settings.client_max_backlog_bytes, access
         )
     except BrokerUnavailable as error:
+        record.reason = "broker_unavailable"
         logger.warning("Stream closed at start: %s", error)
         yield retry + encode_comment("broker unavailable, reconnect later")
         return
     # Nothing is sent before the client is subscribed: Daphne sends the response headers with the
     # first chunk, so a browser's "open" means that no event published afterwards can be missed.
+    record.opened()
     try:
-        async for chunk in _stream(hub.broker, subscriber, last_event_id, settings, retry):
+        async for chunk in _stream(hub.broker, subscriber, last_event_id, settings, retry, record):
             yield chunk
     except BrokerUnavailable as error:  # Redis went away mid-stream: expected, not a bug
-        logger.warning("Stream ended: %s", error)
+        record.reason = "broker_unavailable"
+        logger.warning("Stream ended: %s", error, extra={"stream_id": record.stream_id})
         yield encode_comment("broker unavailable, reconnect later")
     except Exception:
         # Never a hung request: the client learns that the stream ended, and resumes by id.
-        logger.exception("Stream ended by an error")
+        record.reason = "error"
+        logger.exception("Stream ended by an error", extra={"stream_id": record.stream_id})
         yield encode_comment("server error, reconnect")
     finally:
+        record.live = subscriber.sent
         await hub.leave(subscriber)
 
 
@@ -96,22 +108,26 @@ async def _stream(
     last_event_id: str | None,
     settings: EventSettings,
     retry: bytes,
+    record: StreamRecord,
 ) -> AsyncIterator[bytes]:
     replay_end = None
     if last_event_id is None:
         yield retry + encode_comment("connected")
     else:
         replay = Replay(broker, subscriber.channels, last_event_id)
-        first = True
-        async for wire in replay.chunks():
-            if subscriber.revoked:
-                break
-            yield retry + wire if first else wire
-            first = False
-        if first:
+        try:
+            async for wire in replay.chunks():
+                if subscriber.revoked:
+                    break
+                yield retry + wire if not replay.sent else wire
+                replay.sent += 1
+        finally:
+            record.replayed = replay.sent
+            instruments.replayed.inc(replay.sent)
+        if not replay.sent:
             yield retry + encode_comment("up to date")
         replay_end = replay.end
-    async for chunk in _live(subscriber, replay_end, settings, current_stream_send.get()):
+    async for chunk in _live(subscriber, replay_end, settings, current_stream_send.get(), record):
         yield chunk
 
 
@@ -128,6 +144,7 @@ class Replay:
         self._after = after
         # Live events up to here were replayed, or were sent before the client reconnected.
         self.end: tuple[int, int] | None = parse_event_id(after)
+        self.sent = 0  # counted by the stream, as it sends them
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -139,6 +156,7 @@ class Replay:
             point = await self._broker.reset_point()
             # Live events up to the newest in history are part of the state the client reloads.
             self.end = parse_event_id(point)
+            instruments.resets_sent.inc()
             yield Reset(point).wire
 
 
@@ -147,6 +165,7 @@ async def _live(
     replay_end: tuple[int, int] | None,
     settings: EventSettings,
     stream_send: StreamSend | None,
+    record: StreamRecord,
 ) -> AsyncIterator[bytes]:
     """Live events until the stream ends. While the client keeps up (and, after a replay, once
     the live events have passed it), the hub writes them itself (see hub.py); this loop then
@@ -162,7 +181,9 @@ async def _live(
         if deadline is not None:
             wait = min(wait, deadline - loop.time())
             if wait <= 0:
-                return  # the client reconnects with Last-Event-ID, possibly to another replica
+                # The client reconnects with Last-Event-ID, possibly to another replica.
+                record.reason = "lifetime"
+                return
         # Not while it is behind: what it is sent then goes through the send, which waits for it
         # to drain or cuts it off.
         if direct is not None and replay_end is None and direct.keeping_up():
@@ -178,13 +199,16 @@ async def _live(
         for chunk in _chunks(item.wire for item in batch):
             yield chunk
     if subscriber.revoked:
+        record.reason = "revoked"
         # No id: the client's Last-Event-ID stays where its events stopped.
         yield encode_event(json.dumps({"reason": subscriber.revoked}), event_type=REVOKED_TYPE)
         return
+    record.reason = "slow"
     logger.info(
         "Ended the stream of a client that fell behind (over %d events or %d bytes waiting)",
         settings.client_queue_size,
         settings.client_max_backlog_bytes,
+        extra={"stream_id": record.stream_id},
     )
 
 

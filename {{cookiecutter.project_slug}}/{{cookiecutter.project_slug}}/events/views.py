@@ -1,4 +1,5 @@
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -22,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from . import instruments
 from .access import Credential, StreamAccess
 from .authorization import denied_topics
 from .broker import get_broker
@@ -44,6 +46,8 @@ from .schema import PUBLISH, STREAM, TICKET
 from .serializers import PublishEventSerializer, StreamTicketSerializer
 from .stream import event_stream
 from .tickets import TICKET_PARAMETER, StreamTicket, StreamTicketAuthentication
+
+logger = logging.getLogger(__name__)
 
 # What an Idempotency-Key may be: the IETF draft's "any string", bounded and printable.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")
@@ -113,6 +117,8 @@ class EventStreamView(APIView):
             request.accepted_media_type = JSONRenderer.media_type
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[arg-type]
         _allow_listed_origin(request, response)
+        if response.status_code >= 400:
+            instruments.count_refusal(response.status_code)
         return response
 
 
@@ -225,6 +231,14 @@ class PublishEventView(APIView):
     parser_classes = [EventJSONParser]
     throttle_classes = [PublishRateThrottle]
 
+    # Every answer counts, refusals before post() too (authentication, permission, rate).
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        instruments.published.labels(_publish_outcome(response.status_code)).inc()
+        return response
+
     @extend_schema(**PUBLISH)
     def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key")
@@ -267,11 +281,27 @@ class PublishEventView(APIView):
         except BrokerUnavailable as error:
             return Response({"detail": str(error)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         body = {"id": publication.event.id}
+        logger.info(
+            "Published event %s (%s)",
+            publication.event.id,
+            draft.type,
+            extra={"event_id": publication.event.id, "replayed": publication.replayed},
+        )
         if publication.replayed:
             return Response(
                 body, status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"}
             )
         return Response(body, status=status.HTTP_201_CREATED)
+
+
+def _publish_outcome(status_code: int) -> str:
+    if status_code == status.HTTP_201_CREATED:
+        return "ok"
+    if status_code == status.HTTP_200_OK:
+        return "duplicate"
+    if status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        return "unavailable"
+    return "refused"
 
 
 def events_client(request: HttpRequest) -> HttpResponse:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio as aioredis
 
+from .. import instruments
 from ..channels import CONTROL
 from ..event import parse_envelope, parse_event_id
 from ..exceptions import BrokerUnavailable
@@ -156,6 +157,7 @@ class RedisFeed(Feed):
                     await self._connect(pubsub, catch_up=not first)
                 delay = _BACKOFF_FIRST_SECONDS
                 if not first:
+                    instruments.feed_reconnects.inc()
                     logger.info("Event feed reconnected to Redis")
                 first = False
                 await self._read(pubsub)
