@@ -11,6 +11,9 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from .certificates import Certificate, self_signed_certificate
+from .helpers import free_port
+
 TEMPLATE = Path("nginx/templates/default.conf.template")
 VARIABLE = re.compile(r"\$\{(\w+)\}")
 
@@ -36,20 +39,35 @@ def nginx_config(
     static_root: Path | None = None,
     worker_connections: int = 1024,
     streams_per_ip: int | None = None,
+    tls_port: int | None = None,
+    certificate: Certificate | None = None,
+    plain_http: str = "serve",
 ) -> Path:
     """Write nginx.conf (and the rendered site) into ``directory``; returns its path.
 
-    nginx listens on 127.0.0.1:``port``. Several ASGI upstreams become several ``server``
-    lines. Static files come from ``static_root`` (default: the project's staticfiles/). Its one
-    worker holds ``worker_connections`` connections (default 1024, as in the nginx image's
-    nginx.conf); each proxied stream takes two, the client's and the upstream's.
+    nginx listens on 127.0.0.1:``port`` for plain http and on 127.0.0.1:``tls_port`` (default:
+    a free port) for https and HTTP/2, with ``certificate`` (default: a self-signed one written
+    into ``directory``). Plain http is served (``plain_http="serve"``, as the tests that speak
+    plain http need) or redirected to the https port (``"redirect"``, compose's default).
+    Several ASGI upstreams become several ``server`` lines. Static files come from
+    ``static_root`` (default: the project's staticfiles/). Its one worker holds
+    ``worker_connections`` connections (default 1024, as in the nginx image's nginx.conf); each
+    stream proxied takes two over HTTP/1.1, the client's and the upstream's.
     ``streams_per_ip`` is the template's limit of open streams per client address; by default it
     is ``worker_connections``, a limit the worker reaches first: every client of a test comes from
     127.0.0.1, and hundreds of them must not be refused as one address.
     Run it with ``nginx -p <directory> -c <config> -g "daemon off; pid <directory>/nginx.pid;"``.
     """
+    directory.mkdir(parents=True, exist_ok=True)
+    certificate = certificate or self_signed_certificate(directory / "certs")
+    tls_port = tls_port or free_port()
     variables = {
         "NGINX_PORT": f"127.0.0.1:{port}",
+        "NGINX_TLS_PORT": f"127.0.0.1:{tls_port}",
+        "NGINX_HTTPS_PUBLIC_PORT": str(tls_port),
+        "NGINX_TLS_CERTIFICATE": str(certificate.certificate),
+        "NGINX_TLS_CERTIFICATE_KEY": str(certificate.key),
+        "NGINX_PLAIN_HTTP": plain_http,
         "NGINX_ASGI_UPSTREAM": ";\n    server ".join(asgi_upstreams),
         "NGINX_STATIC_ROOT": str(static_root or project / "staticfiles"),
         "NGINX_STREAMS_PER_IP": str(
@@ -60,7 +78,6 @@ def nginx_config(
         variables["NGINX_WSGI_UPSTREAM"] = wsgi_upstream
     site = render_template((project / TEMPLATE).read_text(), variables)
 
-    directory.mkdir(parents=True, exist_ok=True)
     (directory / "site.conf").write_text(site)
     temp = directory / "temp"
     temp.mkdir(exist_ok=True)
@@ -76,6 +93,9 @@ def nginx_config(
     config = directory / "nginx.conf"
     config.write_text(
         f"""{user}worker_processes 1;
+# Room for every connection, whatever limit nginx was started with (it may raise its own up to
+# the hard limit).
+worker_rlimit_nofile {worker_connections + 64};
 error_log {directory / "error.log"} warn;
 events {{
     worker_connections {worker_connections};

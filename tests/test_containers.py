@@ -1,8 +1,9 @@
 """The generated container setup: static checks, and the real stack under podman.
 
 The slow test builds the generated Dockerfile, starts compose.yaml with two
-Daphne replicas behind nginx, and proves that an event published through
-nginx reaches streams held by both replicas. It needs rootful podman,
+Daphne replicas (ASGI_REPLICAS) behind nginx, with a certificate from
+`make cert`, and proves that an event published through nginx over https
+reaches streams held by both replicas, while plain http is redirected. It needs rootful podman,
 podman-compose and debootstrap (no image registry: every image is built
 from Debian packages, see tests/containers/).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import ssl
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -139,6 +142,10 @@ def stack_factory(podman, tmp_path):
         # A copy: the bake is shared with other tests, and the stack writes beside it.
         project_dir = tmp_path / project.name
         shutil.copytree(project, project_dir)
+        # As the docs say, before the first `docker compose up`.
+        subprocess.run(
+            [require_binary("make"), "cert"], cwd=project_dir, check=True, capture_output=True
+        )
         name = f"cds{secrets.token_hex(4)}"
         image = f"localhost/{project.name}:{name}"
         started = time.monotonic()
@@ -155,6 +162,8 @@ def stack_factory(podman, tmp_path):
                 "POSTGRES_IMAGE": POSTGRES_IMAGE,
                 "HTTP_BIND": "127.0.0.1",
                 "HTTP_PORT": str(free_port()),
+                "HTTPS_PORT": str(free_port()),
+                "ASGI_REPLICAS": "2",
             },
         )
 
@@ -179,11 +188,13 @@ def create_token(stack: Stack, container: str) -> str:
 
 
 def open_streams(stack: Stack, container: str, token: str) -> int:
-    """How many event streams the Daphne process in this container is serving."""
+    """How many event streams the Daphne process in this container is serving. Asked directly,
+    as nginx asks it: the request says it came over https, or Django would redirect it there."""
     script = (
         "import json, urllib.request;"
         "request = urllib.request.Request('http://127.0.0.1:8000/api/events/metrics/',"
-        f" headers={{'Authorization': 'Token {token}', 'Accept': 'application/json'}});"
+        f" headers={{'Authorization': 'Token {token}', 'Accept': 'application/json',"
+        " 'X-Forwarded-Proto': 'https'});"
         "print(json.load(urllib.request.urlopen(request, timeout=5))['streams'])"
     )
     return int(stack.exec(container, "python", "-c", script))
@@ -202,24 +213,33 @@ def test_event_published_through_nginx_reaches_streams_on_every_replica(
 ):
     started = time.monotonic()
     stack = stack_factory(baked(database=database, http_topology=http_topology))
-    base_url = f"http://127.0.0.1:{stack.env['HTTP_PORT']}"
+    plain_url = f"http://127.0.0.1:{stack.env['HTTP_PORT']}"
+    base_url = f"https://localhost:{stack.env['HTTPS_PORT']}"
+    trusted = ssl.create_default_context(cafile=stack.project_dir / "nginx/certs/fullchain.pem")
     try:
-        stack.up(scale={"asgi": 2})
+        # Two replicas from ASGI_REPLICAS (compose.yaml's deploy.replicas), no --scale.
+        stack.up(scale={})
         wait_until(
-            lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200,
+            lambda: httpx.get(f"{plain_url}/healthz", timeout=5).status_code == 200,
             timeout=60,
-            message="nginx to answer /healthz",
+            message="nginx to answer /healthz over plain http",
         )
         print(f"stack up: {time.monotonic() - started:.1f} s since the test started")
+        redirected = httpx.get(f"{plain_url}/admin/", timeout=5)
+        assert redirected.status_code == 301
+        assert (
+            redirected.headers["location"] == f"https://127.0.0.1:{stack.env['HTTPS_PORT']}/admin/"
+        )
+        assert httpx.get(f"{base_url}/metrics", verify=trusted, timeout=5).status_code == 404
 
-        ready = httpx.get(f"{base_url}/readyz", timeout=5)
+        ready = httpx.get(f"{base_url}/readyz", verify=trusted, timeout=5)
         assert ready.status_code == 200, ready.text
         assert ready.json() == {
             "status": "ok",
             "checks": {"database": "ok", "broker": "ok", "feed": "ok", "accepting": "ok"},
         }
 
-        css = httpx.get(f"{base_url}/static/admin/css/base.css", timeout=5)
+        css = httpx.get(f"{base_url}/static/admin/css/base.css", verify=trusted, timeout=5)
         assert css.status_code == 200
         assert css.headers["content-type"] == "text/css"
 
@@ -230,7 +250,10 @@ def test_event_published_through_nginx_reaches_streams_on_every_replica(
 
         with ExitStack() as streams:
             # nginx sends each new stream to the replica with the fewest open ones.
-            events = [streams.enter_context(open_stream(base_url, headers)) for _ in replicas]
+            events = [
+                streams.enter_context(open_stream(base_url, headers, verify=trusted))
+                for _ in replicas
+            ]
             wait_until(
                 lambda: [open_streams(stack, name, token) for name in replicas] == [1, 1],
                 timeout=15,
@@ -242,6 +265,7 @@ def test_event_published_through_nginx_reaches_streams_on_every_replica(
                 f"{base_url}/api/events/",
                 json={"type": "message", "data": data},
                 headers=headers,
+                verify=trusted,
                 timeout=10,
             )
             assert published.status_code == 201, published.text

@@ -4,7 +4,10 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .certificates import Certificate
 from .helpers import free_port, require_binary
 from .nginx_config import (
     TEMPLATE,
@@ -45,6 +49,11 @@ def nginx_seconds(value: str) -> int:
 def rendered_site(project: Path, topology: str) -> str:
     variables = {
         "NGINX_PORT": "8080",
+        "NGINX_TLS_PORT": "8443",
+        "NGINX_HTTPS_PUBLIC_PORT": "8443",
+        "NGINX_TLS_CERTIFICATE": "/etc/nginx/certs/fullchain.pem",
+        "NGINX_TLS_CERTIFICATE_KEY": "/etc/nginx/certs/privkey.pem",
+        "NGINX_PLAIN_HTTP": "redirect",
         "NGINX_ASGI_UPSTREAM": "127.0.0.1:8000",
         "NGINX_STATIC_ROOT": "/srv/static",
         "NGINX_STREAMS_PER_IP": "100",
@@ -71,16 +80,117 @@ def test_rendered_config_passes_nginx_t(baked, topology, tmp_path):
     assert "${" not in (tmp_path / "nginx" / "site.conf").read_text()
 
 
+def test_the_certificate_make_cert_writes_passes_nginx_t(baked, tmp_path):
+    """The one-command certificate for local use (docs/deployment.md) is one nginx loads, where
+    compose mounts it from."""
+    nginx = require_binary("nginx", "/usr/sbin")
+    project = Path(shutil.copytree(baked(), tmp_path / "project"))
+    subprocess.run(
+        [require_binary("make"), "cert"], cwd=project, check=True, capture_output=True, timeout=60
+    )
+    certs = project / "nginx" / "certs"
+    config = nginx_config(
+        project,
+        tmp_path / "nginx",
+        port=8080,
+        asgi_upstreams=["127.0.0.1:8000"],
+        certificate=Certificate(certs / "fullchain.pem", certs / "privkey.pem"),
+    )
+    result = check_config(nginx, config)
+    assert result.returncode == 0, result.stderr
+    # The private key stays out of git.
+    subprocess.run(["git", "init", "--quiet"], cwd=project, check=True, timeout=30)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--quiet", "nginx/certs/privkey.pem"],
+        cwd=project,
+        capture_output=True,
+        check=False,
+    )
+    assert ignored.returncode == 0, "nginx/certs/privkey.pem is not git-ignored"
+
+
+def test_nginx_refuses_to_start_without_a_certificate_and_says_what_to_do(baked, tmp_path):
+    """compose runs nginx/require-certificate.sh before nginx (the image runs the executable
+    /docker-entrypoint.d/*.sh): without the certificate it fails, naming `make cert`."""
+    project = baked()
+    script = project / "nginx" / "require-certificate.sh"
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    mounts = compose["services"]["nginx"]["volumes"]
+    assert any(
+        re.fullmatch(r"\./nginx/require-certificate\.sh:/docker-entrypoint\.d/[\w-]+\.sh:ro", m)
+        for m in mounts
+    ), mounts
+    assert os.access(script, os.X_OK), "the nginx image skips scripts that are not executable"
+
+    certificate = Certificate(tmp_path / "fullchain.pem", tmp_path / "privkey.pem")
+    env = {
+        "NGINX_TLS_CERTIFICATE": str(certificate.certificate),
+        "NGINX_TLS_CERTIFICATE_KEY": str(certificate.key),
+    }
+    missing = subprocess.run(
+        [str(script)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert missing.returncode != 0
+    assert "make cert" in missing.stderr
+    assert str(certificate.certificate) in missing.stderr
+    certificate.certificate.write_text("certificate")
+    certificate.key.write_text("key")
+    present = subprocess.run([str(script)], env=env, capture_output=True, timeout=30, check=False)
+    assert present.returncode == 0, present.stderr
+
+
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_compose_sets_every_variable_of_the_template(baked, topology):
     project = baked(http_topology=topology)
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     nginx = compose["services"]["nginx"]
-    assert template_variables(project) == set(nginx["environment"])
-    # The template directory is mounted where the nginx image renders templates from, and the
-    # static files volume where the config says.
+    environment = nginx["environment"]
+    assert template_variables(project) == set(environment)
+    # The template directory is mounted where the nginx image renders templates from, the
+    # static files volume where the config says, and the certificate's directory where the
+    # certificate settings point.
     assert "./nginx/templates:/etc/nginx/templates:ro" in nginx["volumes"]
-    assert f"static:{nginx['environment']['NGINX_STATIC_ROOT']}:ro" in nginx["volumes"]
+    assert f"static:{environment['NGINX_STATIC_ROOT']}:ro" in nginx["volumes"]
+    assert "./nginx/certs:/etc/nginx/certs:ro" in nginx["volumes"]
+    for setting in ("NGINX_TLS_CERTIFICATE", "NGINX_TLS_CERTIFICATE_KEY"):
+        assert environment[setting].startswith("/etc/nginx/certs/"), setting
+    # Both ports published; plain http redirects to the published https port by default.
+    ports = [str(port) for port in nginx["ports"]]
+    assert any(port.endswith(f":{environment['NGINX_PORT']}") for port in ports), ports
+    assert any(port.endswith(f":{environment['NGINX_TLS_PORT']}") for port in ports), ports
+    assert environment["NGINX_PLAIN_HTTP"] == "${NGINX_PLAIN_HTTP:-redirect}"
+    assert environment["NGINX_HTTPS_PUBLIC_PORT"] == "${HTTPS_PORT:-8443}"
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_tls_server_speaks_http2_with_modern_settings(baked, topology):
+    site = rendered_site(baked(http_topology=topology), topology)
+    server = directives(block(site, "server"))
+    listens = [d[1:] for d in server if d[0] == "listen"]
+    assert ["8080", "default_server"] in listens
+    # The form nginx 1.22 and 1.25.1+ both accept (`http2 on;` is unknown to 1.22).
+    assert ["8443", "ssl", "http2", "default_server"] in listens
+    assert ["ssl_certificate", "/etc/nginx/certs/fullchain.pem"] in server
+    assert ["ssl_certificate_key", "/etc/nginx/certs/privkey.pem"] in server
+    assert ["ssl_protocols", "TLSv1.2", "TLSv1.3"] in server
+    (ciphers,) = [d[1] for d in server if d[0] == "ssl_ciphers"]
+    for cipher in ciphers.split(":"):
+        assert cipher.startswith("ECDHE-"), cipher
+        assert "GCM" in cipher or "CHACHA20" in cipher, cipher
+    # HSTS is Django's (SECURE_HSTS_*): nginx adding its own would send the header twice.
+    assert not re.search(r"^\s*add_header\s+Strict-Transport-Security", site, re.M | re.I)
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_metrics_are_not_served_to_the_public(baked, topology):
+    """/metrics (the application's Prometheus endpoint) is answered 404 by nginx on every server,
+    never proxied."""
+    site = rendered_site(baked(http_topology=topology), topology)
+    starts = [match.start() for match in re.finditer(r"^server\s*\{", site, flags=re.MULTILINE)]
+    assert starts
+    for start in starts:
+        server = block(site[start:], "server")
+        assert directives(block(server, "location = /metrics")) == [["return", "404"]]
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
@@ -298,3 +408,66 @@ def test_streams_over_the_per_address_limit_get_429_as_json(baked, topology, tmp
         refusals = [line for line in log if "limiting connections by zone" in line]
         assert len(refusals) == 1, log
         assert "[warn]" in refusals[0]
+
+
+# --- https, HTTP/2 and the redirect from plain http, in a real nginx --------------------------
+
+
+def tls_get(port: int, path: str, trusted: Path) -> tuple[str | None, int, bytes]:
+    """GET ``path`` over https, trusting the certificate ``trusted``, offering h2 and HTTP/1.1 by
+    ALPN and speaking HTTP/1.1 whatever nginx chose: the protocol nginx chose, and the response's
+    status and body."""
+    context = ssl.create_default_context(cafile=trusted)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT_SECONDS)
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        chosen = tls.selected_alpn_protocol()
+    connection = http.client.HTTPSConnection(
+        "localhost", port, timeout=WAIT_SECONDS, context=ssl.create_default_context(cafile=trusted)
+    )
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return chosen, response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(60)
+def test_plain_http_redirects_to_https_but_for_the_probes_and_metrics_get_404(baked, tmp_path):
+    """As compose runs it (NGINX_PLAIN_HTTP=redirect): plain http is sent to the https port, the
+    probes excepted; https offers HTTP/2 and serves the site; /metrics is 404 on both."""
+    nginx = require_binary("nginx", "/usr/sbin")
+    project = baked()
+    with ExitStack() as running:
+        upstream = running.enter_context(StubUpstream().running())
+        port, tls_port = free_port(), free_port()
+        config = nginx_config(
+            project,
+            tmp_path / "nginx",
+            port=port,
+            tls_port=tls_port,
+            asgi_upstreams=[f"127.0.0.1:{upstream.port}"],
+            plain_http="redirect",
+        )
+        command = nginx_command(nginx, config, "daemon off;")
+        server = Server("nginx", command, port, tmp_path, dict(os.environ), tmp_path / "nginx.log")
+        running.callback(server.stop)
+        server.start()
+
+        for path in ("/", "/api/events/stream/", "/static/app.css", "/admin/?next=/x"):
+            connection, response = request(port, path)
+            running.callback(connection.close)
+            assert response.status == 301, (path, response.status)
+            assert response.getheader("Location") == f"https://127.0.0.1:{tls_port}{path}"
+        for probe in ("/healthz", "/readyz"):
+            connection, response = request(port, probe)
+            running.callback(connection.close)
+            assert (response.status, response.read()) == (200, b"ok"), probe
+        connection, response = request(port, "/metrics")
+        running.callback(connection.close)
+        assert response.status == 404
+
+        trusted = tmp_path / "nginx" / "certs" / "fullchain.pem"
+        assert tls_get(tls_port, "/", trusted) == ("h2", 200, b"ok")
+        assert tls_get(tls_port, "/metrics", trusted)[1] == 404

@@ -7,13 +7,24 @@ processes (and to gunicorn for everything but the streams, in daphne+gunicorn), 
   not buffer the stream);
 - an event published through one Daphne reaches a client of the other;
 - a browser whose Daphne stops reconnects through nginx to the other one and receives every
-  event published while it was away.
+  event published while it was away;
+- over https, ten pages of one browser stream at once from one origin, over HTTP/2 (HTTP/1.1
+  would leave the seventh waiting for one of six connections), and an event published once
+  reaches all ten; Django alone sends Strict-Transport-Security, once, and only over https.
+
+And, with four Daphne processes behind nginx: 4,000 streams spread over the four, and one event
+published once reaches every one of them (the figures are printed, not asserted).
 """
 
+import asyncio
 import json
+import resource
 import shutil
+import ssl
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,9 +34,17 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from .helpers import project_python
 from .topology.browser import arrival_ms, chromium, log_in, record_arrivals
+from .topology.crowd import Crowd
 from .topology.processes import Server
 from .topology.sse import open_stream
-from .topology.stack import PASSWORD, RETRY_MILLISECONDS, USERNAME, Stack, loopback_stack
+from .topology.stack import (
+    HSTS_SECONDS,
+    PASSWORD,
+    RETRY_MILLISECONDS,
+    USERNAME,
+    Stack,
+    loopback_stack,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -180,3 +199,162 @@ def test_a_browser_whose_daphne_stops_resumes_on_the_other_without_missing_event
         assert open_streams(other, stack) == 1
     finally:
         serving.start()  # on the same port, for the tests after this one
+
+
+# --- HTTP/2: more streams of one origin than HTTP/1.1's six connections ------------------------
+
+# Chromium opens at most six HTTP/1.1 connections per origin: a seventh page streaming from it
+# would wait for one of them to close.
+HTTP2_PAGES = 10
+
+
+def wait_for_streams(stack: Stack, count: int, timeout: float) -> list[int]:
+    """Wait until the Daphnes together hold ``count`` subscribed streams; returns each one's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = [open_streams(daphne, stack) for daphne in stack.daphnes]
+        if sum(counts) == count:
+            return counts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} open streams, the Daphnes hold {counts}")
+        time.sleep(0.1)
+
+
+def test_ten_pages_stream_from_one_origin_over_http2(stack: Stack, browser: Browser) -> None:
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    # The certificate is the test's own, self-signed.
+    context = browser.new_context(ignore_https_errors=True)
+    try:
+        pages = [context.new_page() for _ in range(HTTP2_PAGES)]
+        log_in(pages[0], stack.tls_url, USERNAME, PASSWORD)
+        for page in pages[1:]:
+            page.goto(f"{stack.tls_url}/")
+        for page in pages:
+            expect(page.locator("#status")).to_have_attribute("data-state", "open")
+            record_arrivals(page)
+        protocols = [
+            page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+            for page in pages
+        ]
+        assert protocols == ["h2"] * HTTP2_PAGES
+        # Each page's stream subscribed (the page says "open" a moment before), all at once.
+        wait_for_streams(stack, HTTP2_PAGES, timeout=10)
+
+        event_id = publish(stack.url, stack, {"to": "every page"})
+        for page in pages:
+            arrival_ms(page, event_id, timeout_ms=EXPECT_TIMEOUT_MS)
+    finally:
+        context.close()
+
+
+def test_django_sends_strict_transport_security_once_and_only_over_https(stack: Stack) -> None:
+    trusted = ssl.create_default_context(cafile=stack.certificate.certificate)
+    over_https = httpx.get(f"{stack.tls_url}/healthz", verify=trusted)
+    assert over_https.status_code == 200
+    assert over_https.headers.get_list("strict-transport-security") == [
+        f"max-age={HSTS_SECONDS}; includeSubDomains; preload"
+    ]
+    over_http = httpx.get(f"{stack.url}/healthz")
+    assert "strict-transport-security" not in over_http.headers
+
+
+# --- Several Daphne processes: thousands of streams, one event --------------------------------
+
+DAPHNES = 4
+STREAMS = 4000
+# Clients arrive 2.5 ms apart (400 per second), as users do, not in one burst of connections.
+STREAM_STAGGER_SECONDS = 0.0025
+# Bounds of the waits (not measured figures): opening every stream, delivering the event.
+OPEN_TIMEOUT_SECONDS = 180
+DELIVERY_TIMEOUT_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def four_daphnes(
+    baked, redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    # Per stream: one socket in this process, two in nginx, one in a Daphne; each process has
+    # its own limit, which the servers started below inherit from this one.
+    raise_open_file_limit(needed=2 * STREAMS + 256)
+    directory = tmp_path_factory.mktemp("topology-four-daphnes")
+    project = Path(shutil.copytree(baked(http_topology="daphne"), directory / "project"))
+    with loopback_stack(
+        project,
+        project_python(project),
+        "daphne",
+        redis_server,
+        directory,
+        # Two connections per stream (the client's, the upstream's), and room for the rest.
+        nginx_worker_connections=2 * STREAMS + 1024,
+        daphnes=DAPHNES,
+    ) as running:
+        yield running
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """Raise this process's soft limit of open files to its hard limit (the processes it starts
+    afterwards inherit it); fail unless ``needed`` fit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise AssertionError(f"{needed} open files needed, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def crowd_receives_one_event(stack: Stack) -> dict[str, object]:
+    """Open STREAMS streams through nginx, publish one event, wait until every stream has it;
+    returns the figures."""
+    port = stack.nginx.port
+    started = time.monotonic()
+    async with Crowd(
+        "127.0.0.1",
+        port,
+        "/api/events/stream/",
+        stack.auth,
+        STREAMS,
+        stagger_seconds=STREAM_STAGGER_SECONDS,
+    ) as crowd:
+        await crowd.wait_until(
+            lambda: all(c.connection and c.connection.subscribed for c in crowd.clients),
+            timeout=OPEN_TIMEOUT_SECONDS,
+            what=f"{STREAMS} streams subscribed",
+        )
+        opened = time.monotonic() - started
+        per_daphne = await asyncio.to_thread(wait_for_streams, stack, STREAMS, 30)
+
+        published = time.monotonic()
+        event_id = await asyncio.to_thread(publish, stack.url, stack, {"to": "every stream"})
+        await crowd.wait_until(
+            lambda: all(c.events for c in crowd.clients),
+            timeout=DELIVERY_TIMEOUT_SECONDS,
+            what="the event on every stream",
+        )
+        received = [[event.id for event in client.events] for client in crowd.clients]
+        assert all(ids == [event_id] for ids in received), [
+            ids for ids in received if ids != [event_id]
+        ][:3]
+        delays = sorted(client.events[0].received - published for client in crowd.clients)
+        reconnects = sum(len(client.connections) - 1 for client in crowd.clients)
+    return {
+        "streams per Daphne": per_daphne,
+        "time to open every stream (s)": round(opened, 1),
+        "delivery after publishing, first/median/last (ms)": [
+            round(1000 * delays[0]),
+            round(1000 * statistics.median(delays)),
+            round(1000 * delays[-1]),
+        ],
+        "reconnects": reconnects,
+    }
+
+
+def test_one_event_reaches_thousands_of_streams_spread_over_four_daphnes(
+    four_daphnes: Stack, record_property: Callable[[str, object], None]
+) -> None:
+    # In a thread of its own: Playwright's sync API keeps an event loop running in this one
+    # while the module's browser is open.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        figures = thread.submit(asyncio.run, crowd_receives_one_event(four_daphnes)).result()
+    print(f"{STREAMS} streams over {DAPHNES} Daphnes behind nginx: {figures}")
+    for name, value in figures.items():
+        record_property(name, value)
+    # least_conn spreads them: every process serves some.
+    assert all(figures["streams per Daphne"]), figures

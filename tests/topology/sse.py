@@ -1,5 +1,6 @@
 """Reading a Server-Sent Events stream from Python, for clients that are not browsers."""
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ class Event:
 
 
 @contextmanager
-def open_stream(base_url: str, headers: dict[str, str]) -> Iterator[Iterator[Event]]:
-    """Connect and wait until subscribed; yields an iterator of the stream's events.
+def open_stream(
+    base_url: str, headers: dict[str, str], verify: ssl.SSLContext | bool = True
+) -> Iterator[Iterator[Event]]:
+    """Connect and wait until subscribed; yields an iterator of the stream's events. ``verify``
+    checks an https server's certificate (an SSLContext trusting a test's own, say).
 
     The server writes its first comment line once the client is subscribed: an event published
     after that reaches this client. Ten seconds of silence fail a read.
@@ -26,6 +30,7 @@ def open_stream(base_url: str, headers: dict[str, str]) -> Iterator[Iterator[Eve
         f"{base_url}/api/events/stream/",
         headers={**headers, "Accept": "text/event-stream"},
         timeout=httpx.Timeout(10.0),
+        verify=verify,
     ) as response:
         assert response.status_code == 200, response.read()
         lines = response.iter_lines()

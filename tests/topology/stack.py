@@ -1,6 +1,6 @@
-"""A generated project served as in production, on loopback: nginx in front of two Daphne
-processes (and gunicorn for everything but the streams, in the daphne+gunicorn topology), sharing
-one Redis and one database."""
+"""A generated project served as in production, on loopback: nginx (plain http, and https with
+HTTP/2) in front of Daphne processes, two by default (and gunicorn for everything but the streams,
+in the daphne+gunicorn topology), sharing one Redis and one database."""
 
 import re
 import secrets
@@ -9,6 +9,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..certificates import Certificate, self_signed_certificate
 from ..helpers import free_port, project_env, require_binary, run
 from ..nginx_config import nginx_command, nginx_config
 from .processes import Server
@@ -22,6 +23,9 @@ RETRY_MILLISECONDS = 1500
 # A stopping Daphne spreads its clients' reconnects over this window (10 s by default): short
 # here, so that a browser whose server stops is back within a test's expect timeout.
 SHUTDOWN_RECONNECT_WINDOW_SECONDS = 1
+# Django sends Strict-Transport-Security on responses over https only (nginx tells it the scheme),
+# so plain-http clients of this stack never see it.
+HSTS_SECONDS = 3600
 
 
 @dataclass
@@ -30,10 +34,16 @@ class Stack:
     daphnes: list[Server]
     gunicorn: Server | None
     token: str  # of the demo user, a superuser: may publish and read metrics
+    tls_port: int  # nginx's https port (HTTP/2)
+    certificate: Certificate  # nginx's, self-signed: trust it to verify https
 
     @property
     def url(self) -> str:
         return self.nginx.url
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://localhost:{self.tls_port}"
 
     @property
     def auth(self) -> dict[str, str]:
@@ -41,7 +51,8 @@ class Stack:
 
 
 def _settings(directory: Path, redis_url: str, prefix: str) -> dict[str, str]:
-    """Production settings (DEBUG off), except for https: this stack serves plain http."""
+    """Production settings (DEBUG off), except for https: this stack serves plain http too
+    (nginx's plain_http="serve"), to clients that speak nothing else."""
     return {
         "DEBUG": "false",
         "SECRET_KEY": secrets.token_urlsafe(50),
@@ -57,7 +68,7 @@ def _settings(directory: Path, redis_url: str, prefix: str) -> dict[str, str]:
         "SECURE_SSL_REDIRECT": "false",
         "SESSION_COOKIE_SECURE": "false",
         "CSRF_COOKIE_SECURE": "false",
-        "SECURE_HSTS_SECONDS": "0",
+        "SECURE_HSTS_SECONDS": str(HSTS_SECONDS),
         "LOG_LEVEL": "WARNING",
     }
 
@@ -82,11 +93,13 @@ def loopback_stack(
     directory: Path,
     extra_settings: Mapping[str, str] | None = None,
     nginx_worker_connections: int = 1024,
+    daphnes: int = 2,
 ) -> Iterator[Stack]:
     """Start every server of ``topology``; all of them are stopped when the block ends.
 
     ``extra_settings`` (environment variables of the project) override the stack's own.
-    ``nginx_worker_connections`` bounds nginx's connections: two per open stream.
+    ``nginx_worker_connections`` bounds nginx's connections: two per open HTTP/1.1 stream.
+    ``daphnes`` is the number of Daphne processes behind nginx.
     """
     settings = _settings(directory, redis_url, f"topology-{directory.name}")
     env = project_env(python, **{**settings, **(extra_settings or {})})
@@ -100,26 +113,30 @@ def loopback_stack(
             running.callback(server.stop)
             return server.start()
 
-        daphnes = []
-        for name in ("daphne-1", "daphne-2"):
+        servers = []
+        for number in range(1, daphnes + 1):
             port = free_port()
             daphne = [str(python), "-m", "daphne", "--proxy-headers", "-b", "127.0.0.1"]
-            daphnes.append(start(name, [*daphne, "-p", str(port), "config.asgi:application"], port))
+            command = [*daphne, "-p", str(port), "config.asgi:application"]
+            servers.append(start(f"daphne-{number}", command, port))
         gunicorn = None
         if topology == "daphne+gunicorn":
             port = free_port()
             command = [str(python), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
             gunicorn = start("gunicorn", [*command, "config.wsgi:application"], port)
 
-        nginx_port = free_port()
+        nginx_port, tls_port = free_port(), free_port()
+        certificate = self_signed_certificate(directory / "certs")
         config = nginx_config(
             project,
             directory / "nginx",
             port=nginx_port,
-            asgi_upstreams=[f"127.0.0.1:{daphne.port}" for daphne in daphnes],
+            asgi_upstreams=[f"127.0.0.1:{daphne.port}" for daphne in servers],
             wsgi_upstream=f"127.0.0.1:{gunicorn.port}" if gunicorn else None,
             worker_connections=nginx_worker_connections,
+            tls_port=tls_port,
+            certificate=certificate,
         )
         command = nginx_command(require_binary("nginx", "/usr/sbin"), config, "daemon off;")
         nginx = start("nginx", command, nginx_port)
-        yield Stack(nginx, daphnes, gunicorn, token)
+        yield Stack(nginx, servers, gunicorn, token, tls_port, certificate)
