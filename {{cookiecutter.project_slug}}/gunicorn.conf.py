@@ -6,6 +6,10 @@ Daphne: requests here are short, so plain sync workers fit. compose.yaml runs
 """
 
 import os
+import tempfile
+from typing import Any
+
+from prometheus_client import multiprocess
 
 # gunicorn's advice is 2-4 workers per core. Set WEB_CONCURRENCY to size it to
 # the container's share of the machine: os.cpu_count() sees the whole host.
@@ -26,3 +30,14 @@ worker_tmp_dir = "/dev/shm"
 # The app user has no home directory for the runtime control socket; manage
 # the workers with signals instead (HUP reloads, TTIN/TTOU add/remove one).
 control_socket_disable = True
+
+# Metrics: a scrape of /metrics reaches any one worker, so each worker writes its counters to
+# files in this directory (prometheus-client's multiprocess mode) and the one that answers sums
+# them all. Set before the workers import the app; a fresh directory, so no stale counts.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-", dir="/dev/shm")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker that exits keeps its counts in the sum; its live gauges must go (gunicorn hook)."""
+    multiprocess.mark_process_dead(worker.pid)

@@ -10,9 +10,13 @@ Label values are bounded sets, never a user, a topic or an id.
 
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+# No "_created" series next to every counter: Prometheus does not need them, and they double the
+# number of series to store.
+disable_created_metrics()
 
 PUBLISH_OUTCOMES = ("ok", "duplicate", "refused", "unavailable")
 EVICTION_REASONS = ("slow", "lifetime", "revoked", "shutdown", "broker_unavailable", "error")

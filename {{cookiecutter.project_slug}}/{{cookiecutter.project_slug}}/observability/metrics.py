@@ -18,8 +18,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client.exposition import choose_encoder
 
 # The engine's metrics register themselves on import; /metrics must expose them even in a
 # process that has not served a stream yet.
@@ -36,7 +36,9 @@ def metrics(request: HttpRequest) -> HttpResponse:
             {"detail": "Metrics are for the scraper: a METRICS_TOKEN or an allowed network."},
             status=403,
         )
-    return HttpResponse(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    # The format the scraper asks for (Prometheus's text format, or OpenMetrics).
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encode(_registry()), content_type=content_type)
 
 
 def _allowed(request: HttpRequest) -> bool:
