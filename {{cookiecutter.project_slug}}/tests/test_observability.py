@@ -2,18 +2,24 @@
 them, and its JSON log lines (one when a stream opens, one when it ends, none per event)."""
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import promql_parser
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from .services import Daphne, LiveProject, RedisServer, api, daphne_server, publish
 from .sse import open_stream
 
 METRICS_TOKEN = "scrape-" + "s" * 40
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+# Labels that Prometheus adds to every scraped series.
+TARGET_LABELS = {"job", "instance"}
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +202,60 @@ def test_a_stream_logs_one_json_line_when_it_opens_and_one_when_it_ends(
     published = [line for line in json_lines(server) if "event_id" in line]
     assert published
     assert all(line["user_id"] == live_project.tokens["staff_pk"] for line in published)
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def selectors(expression: str) -> Iterator[promql_parser.VectorSelector]:
+    # Grafana's variables, as Grafana substitutes them before sending the query.
+    expression = expression.replace("$__rate_interval", "1m").replace("$job", ".*")
+    yield from _selectors(promql_parser.parse(expression))
+
+
+def _selectors(node: object) -> Iterator[promql_parser.VectorSelector]:
+    if isinstance(node, promql_parser.VectorSelector):
+        yield node
+        return
+    for name in ("lhs", "rhs", "expr", "vector_selector", "param"):
+        child = getattr(node, name, None)
+        if child is not None:
+            yield from _selectors(child)
+    for child in getattr(node, "args", None) or ():
+        yield from _selectors(child)
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = alert_rules()
+    assert rules
+    for rule in rules:
+        assert re.fullmatch(r"[A-Z][A-Za-z]+", rule["alert"]), rule
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule
+        assert rule["annotations"]["summary"], rule
+        assert list(selectors(rule["expr"])), rule  # parses, and reads at least one metric
+
+
+def test_the_dashboard_and_the_alerts_use_only_metrics_a_process_exposes(server: Daphne) -> None:
+    samples = scrape(server)
+    values_by_label: dict[str, set[str]] = {}
+    for key in samples:
+        for label, value in re.findall(r'(\w+)="([^"]*)"', key):
+            values_by_label.setdefault(label, set()).add(value)
+    names = {key.partition("{")[0] for key in samples}
+    expressions = [rule["expr"] for rule in alert_rules()] + dashboard_queries()
+    for expression in expressions:
+        for selector in selectors(expression):
+            assert selector.name in names, (selector.name, expression)
+            for matcher in selector.matchers.matchers:
+                if matcher.name in TARGET_LABELS:
+                    continue
+                # Every value a matcher selects is one that a series has.
+                wanted = matcher.value.split("|")
+                assert set(wanted) <= values_by_label.get(matcher.name, set()), expression
