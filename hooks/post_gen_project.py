@@ -19,7 +19,26 @@ def unselected_paths(answers: dict[str, object]) -> list[str]:
         # The demo app, and its test in a browser.
         paths += [f"{answers['project_slug']}/demo", "tests/test_browser.py"]
     if answers["http_topology"] == "daphne":
-        paths.append("gunicorn.conf.py")
+        # gunicorn's settings, and the test of its workers' metrics.
+        paths += ["gunicorn.conf.py", "tests/test_gunicorn_metrics.py"]
+    paths += unselected_kubernetes_paths(answers)
+    return paths
+
+
+KUBERNETES = "deploy/kubernetes"
+
+
+def unselected_kubernetes_paths(answers: dict[str, object]) -> list[str]:
+    """The manifests, whole or those of the servers and database not chosen."""
+    if answers["kubernetes"] == "none":
+        return [KUBERNETES, "docs/kubernetes.md"]
+    paths = []
+    if answers["http_topology"] == "daphne":
+        paths.append(f"{KUBERNETES}/base/wsgi.yaml")
+    if answers["database"] == "postgresql":
+        paths.append(f"{KUBERNETES}/base/data.yaml")  # SQLite's volume
+    else:
+        paths.append(f"{KUBERNETES}/overlays/development/postgres.yaml")
     return paths
 
 
@@ -30,6 +49,11 @@ def remove(project: Path, relative_paths: list[str]) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+        # No empty directory left behind (deploy/ once deploy/kubernetes/ is gone).
+        parent = path.parent
+        while parent != project and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 def local_settings(answers: dict[str, object]) -> dict[str, str]:

@@ -27,7 +27,7 @@ from .helpers import (
 
 SLUG = "live_events"
 OPTION_SETS = all_option_sets()
-# The options that change Python code; python_version and the license must not.
+# The options that change Python code; python_version, kubernetes and the license must not.
 CODE_OPTIONS = ("database", "http_topology", "include_demo")
 CODE_COMBINATIONS = sorted(
     {tuple(answers[name] for name in CODE_OPTIONS) for answers in OPTION_SETS}
@@ -52,7 +52,26 @@ def expected_absent(relative: str, answers: dict[str, Any]) -> bool:
             (relative.startswith(f"{SLUG}/demo/") or relative == "tests/test_browser.py")
             and not answers["include_demo"]
         )
-        or (relative == "gunicorn.conf.py" and answers["http_topology"] == "daphne")
+        or (
+            relative in ("gunicorn.conf.py", "tests/test_gunicorn_metrics.py")
+            and answers["http_topology"] == "daphne"
+        )
+        or kubernetes_file_absent(relative, answers)
+    )
+
+
+def kubernetes_file_absent(relative: str, answers: dict[str, Any]) -> bool:
+    """The manifests and their docs exist only with kubernetes chosen, and then only those of
+    the chosen servers (wsgi: gunicorn's) and database (SQLite's volume, or a PostgreSQL server)."""
+    manifests = relative.startswith("deploy/kubernetes/") or relative == "docs/kubernetes.md"
+    return (
+        (manifests and answers["kubernetes"] == "none")
+        or (relative == "deploy/kubernetes/base/wsgi.yaml" and answers["http_topology"] == "daphne")
+        or (relative == "deploy/kubernetes/base/data.yaml" and answers["database"] != "sqlite")
+        or (
+            relative == "deploy/kubernetes/overlays/development/postgres.yaml"
+            and answers["database"] != "postgresql"
+        )
     )
 
 
@@ -133,6 +152,11 @@ def test_option_set_keeps_the_files_of_its_choices(answers: dict[str, Any], all_
 
     requirements = (project / "requirements.txt").read_text()
     assert ("psycopg[binary]==" in requirements) == (answers["database"] == "postgresql")
+
+    # Without Kubernetes, not even an empty deploy/ is left, and the README links no manifests.
+    kubernetes = answers["kubernetes"] == "kustomize"
+    assert (project / "deploy").exists() == kubernetes
+    assert ("docs/kubernetes.md" in (project / "README.md").read_text()) == kubernetes
 
 
 def test_generated_python_passes_ruff(all_bakes) -> None:

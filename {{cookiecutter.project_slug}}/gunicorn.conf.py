@@ -9,8 +9,6 @@ import os
 import tempfile
 from typing import Any
 
-from prometheus_client import multiprocess
-
 # gunicorn's advice is 2-4 workers per core. Set WEB_CONCURRENCY to size it to
 # the container's share of the machine: os.cpu_count() sees the whole host.
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1) + 1))
@@ -33,11 +31,14 @@ control_socket_disable = True
 
 # Metrics: a scrape of /metrics reaches any one worker, so each worker writes its counters to
 # files in this directory (prometheus-client's multiprocess mode) and the one that answers sums
-# them all. Set before the workers import the app; a fresh directory, so no stale counts.
+# them all. A fresh directory, so no stale counts. prometheus-client reads it when first
+# imported: nothing here imports it before this line, and the workers inherit the master's.
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-", dir="/dev/shm")
 
 
 def child_exit(server: Any, worker: Any) -> None:
     """A worker that exits keeps its counts in the sum; its live gauges must go (gunicorn hook)."""
+    from prometheus_client import multiprocess  # see PROMETHEUS_MULTIPROC_DIR above
+
     multiprocess.mark_process_dead(worker.pid)

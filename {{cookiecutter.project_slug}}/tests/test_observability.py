@@ -39,7 +39,11 @@ def server(
 
 def scrape(server: Daphne, **headers: str) -> dict[str, float]:
     """Every sample of /metrics, by name and labels, e.g. ``events_published_total{outcome="ok"}``."""
-    response = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10)
+    return scrape_url(f"{server.url}/metrics", **headers)
+
+
+def scrape_url(url: str, **headers: str) -> dict[str, float]:
+    response = httpx.get(url, headers={"Connection": "close", **headers}, timeout=10)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = {}
