@@ -255,7 +255,8 @@ METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's Redis cache, minus a client built per operation.
+            "BACKEND": "{{ cookiecutter.project_slug }}.events.redis_cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{EVENTS_REDIS_PREFIX}:cache",
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},

@@ -1,8 +1,11 @@
 """The event stream's settings, read from Django settings (which read them from the environment)."""
 
 from dataclasses import dataclass
+from functools import cache
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +34,10 @@ class EventSettings:
     idempotency_seconds: int
 
 
+@cache
 def event_settings() -> EventSettings:
-    """Read on each call (cheap), so that tests can override settings."""
+    """Read once: a stream's request asks several times, and reading them all costs about as
+    much as a Redis round trip. Read again when a test overrides a setting."""
     return EventSettings(
         redis_url=getattr(settings, "REDIS_URL", ""),
         redis_prefix=getattr(settings, "EVENTS_REDIS_PREFIX", "events"),
@@ -63,3 +68,8 @@ def event_settings() -> EventSettings:
         ticket_seconds=getattr(settings, "EVENTS_TICKET_SECONDS", 30),
         idempotency_seconds=getattr(settings, "EVENTS_IDEMPOTENCY_SECONDS", 86_400),
     )
+
+
+@receiver(setting_changed)
+def _read_again(**_: object) -> None:
+    event_settings.cache_clear()

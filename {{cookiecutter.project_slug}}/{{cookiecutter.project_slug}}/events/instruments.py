@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 # No "_created" series next to every counter: Prometheus does not need them, and they double the
 # number of series to store.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PUBLISH_OUTCOMES = ("ok", "duplicate", "refused", "unavailable")
 EVICTION_REASONS = ("slow", "lifetime", "revoked", "shutdown", "broker_unavailable", "error")

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.signals import request_finished
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.functional import SimpleLazyObject, empty
 
@@ -41,13 +43,7 @@ class RequestContextMiddleware:
         if self._async:
             return self._acall(request)
         request_id = self._begin(request)
-        try:
-            response = self.get_response(request)
-        finally:
-            # A WSGI thread serves the next request next: it must not log this one's ids. (An
-            # ASGI request has its own task and context, which end with it.)
-            _current_request.set(None)
-            _current_request_id.set(None)
+        response = self.get_response(request)
         assert isinstance(response, HttpResponseBase)
         response[REQUEST_ID_HEADER] = request_id
         return response
@@ -65,6 +61,15 @@ class RequestContextMiddleware:
         _current_request.set(request)
         _current_request_id.set(request_id)
         return request_id
+
+
+@receiver(request_finished)
+def _forget_request(**kwargs: object) -> None:
+    """A WSGI thread serves its next request next: its lines must not carry this one's ids.
+    (Not at the end of the middleware: a streaming response is sent after it, and its lines
+    carry the ids too.)"""
+    _current_request.set(None)
+    _current_request_id.set(None)
 
 
 class RequestContextFilter(logging.Filter):
