@@ -110,11 +110,26 @@ def default_options() -> dict[str, Any]:
     return {name: answers[0] for name, answers in template_options().items()}
 
 
+# Options that change only files of their own (no Python code, no file another option changes)
+# do not multiply the combinations: each rides along with a partner option instead, answer i of the
+# partner getting answer i modulo its count. kubernetes follows the license: MIT and Apache-2.0 get
+# "none", BSD-3-Clause and "Not open source" get "kustomize". So both answers still meet every
+# combination of python_version, database, http_topology, include_demo and ci, and the number of
+# bakes stays what the other options make it.
+PAIRED_OPTIONS = {"kubernetes": "open_source_license"}
+
+
 def all_option_sets() -> list[dict[str, Any]]:
     options = template_options()
-    return [
-        dict(zip(options, answers, strict=True)) for answers in itertools.product(*options.values())
-    ]
+    multiplied = {name: answers for name, answers in options.items() if name not in PAIRED_OPTIONS}
+    option_sets = []
+    for answers in itertools.product(*multiplied.values()):
+        chosen = dict(zip(multiplied, answers, strict=True))
+        for name, partner in PAIRED_OPTIONS.items():
+            index = options[partner].index(chosen[partner]) % len(options[name])
+            chosen[name] = options[name][index]
+        option_sets.append({name: chosen[name] for name in options})  # in the questions' order
+    return option_sets
 
 
 def option_set_id(answers: Mapping[str, Any]) -> str:

@@ -153,9 +153,9 @@ def test_option_set_keeps_the_files_of_its_choices(answers: dict[str, Any], all_
     requirements = (project / "requirements.txt").read_text()
     assert ("psycopg[binary]==" in requirements) == (answers["database"] == "postgresql")
 
-    # Without Kubernetes, not even an empty deploy/ is left, and the README links no manifests.
+    # Without Kubernetes, no manifests, and no link to them in the README.
     kubernetes = answers["kubernetes"] == "kustomize"
-    assert (project / "deploy").exists() == kubernetes
+    assert (project / "deploy" / "kubernetes").exists() == kubernetes
     assert ("docs/kubernetes.md" in (project / "README.md").read_text()) == kubernetes
 
 

@@ -1,6 +1,7 @@
 """The hooks: answers that would break the project are refused before anything is written, and a
 generated project gets its own secrets and a .env that git ignores."""
 
+import importlib.util
 import shutil
 import stat
 import subprocess
@@ -184,3 +185,78 @@ def test_next_steps_are_printed(tmp_path: Path, cookiecutter_config: Path, capfd
     assert "cd live_events" in printed
     assert "python manage.py createsuperuser" in printed
     assert "create_demo_user" not in printed
+
+
+def post_gen_hook():
+    """hooks/post_gen_project.py as a module (its main() does not run on import)."""
+    path = TEMPLATE_DIR / "hooks" / "post_gen_project.py"
+    spec = importlib.util.spec_from_file_location("post_gen_project", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+KUBERNETES_FILES = [
+    "deploy/kubernetes/base/asgi.yaml",
+    "deploy/kubernetes/base/wsgi.yaml",
+    "deploy/kubernetes/base/data.yaml",
+    "deploy/kubernetes/overlays/development/redis.yaml",
+    "deploy/kubernetes/overlays/development/postgres.yaml",
+    "docs/kubernetes.md",
+    "docs/deployment.md",
+]
+
+
+@pytest.mark.parametrize(
+    ("answers", "kept"),
+    [
+        ({"kubernetes": "none"}, ["docs/deployment.md"]),
+        (
+            {"kubernetes": "kustomize", "http_topology": "daphne", "database": "sqlite"},
+            [
+                "deploy/kubernetes/base/asgi.yaml",
+                "deploy/kubernetes/base/data.yaml",
+                "deploy/kubernetes/overlays/development/redis.yaml",
+                "docs/kubernetes.md",
+                "docs/deployment.md",
+            ],
+        ),
+        (
+            {
+                "kubernetes": "kustomize",
+                "http_topology": "daphne+gunicorn",
+                "database": "postgresql",
+            },
+            [
+                "deploy/kubernetes/base/asgi.yaml",
+                "deploy/kubernetes/base/wsgi.yaml",
+                "deploy/kubernetes/overlays/development/redis.yaml",
+                "deploy/kubernetes/overlays/development/postgres.yaml",
+                "docs/kubernetes.md",
+                "docs/deployment.md",
+            ],
+        ),
+    ],
+    ids=["none", "kustomize-daphne-sqlite", "kustomize-gunicorn-postgresql"],
+)
+def test_kubernetes_files_follow_the_answers_and_leave_no_empty_directory(
+    answers: dict[str, str], kept: list[str], tmp_path: Path
+) -> None:
+    hook = post_gen_hook()
+    for relative in KUBERNETES_FILES:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).touch()
+    full_answers = {
+        "open_source_license": "MIT",
+        "ci": "github",
+        "include_demo": True,
+        "project_slug": "live_events",
+        "http_topology": "daphne",
+        "database": "sqlite",
+        **answers,
+    }
+    hook.remove(tmp_path, hook.unselected_paths(full_answers))
+    remaining = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+    directories = {str(Path(relative).parent) for relative in kept}
+    parents = {str(parent) for d in directories for parent in [Path(d), *Path(d).parents]}
+    assert remaining == sorted(set(kept) | (parents - {"."}))
