@@ -25,7 +25,7 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -84,27 +84,45 @@ class TwistedTransport:
         sock = getattr(transport, "socket", None)
         if sock is None or getattr(transport, "TLS", False):
             return  # not a plain TCP connection: Twisted's own path
-        buffered_write = transport.write
-
-        def write(data: bytes) -> None:
-            if (
-                data
-                and transport.connected
-                and not transport.disconnecting
-                and not transport._writeDisconnected
-                and self.unsent_bytes() == 0
-            ):
-                try:
-                    sent = sock.send(data)
-                except OSError:  # full (BlockingIOError), or broken: Twisted's path handles it
-                    sent = 0
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            buffered_write(data)
-
+        write = _SocketFirstWrite(self, sock, transport.write)
         transport.write = write
-        transport.writeSequence = lambda chunks: write(b"".join(chunks))
+        transport.writeSequence = write.sequence
+
+
+class _SocketFirstWrite:
+    """``TwistedTransport.send_first``'s write (a class with slots: a stream holds it all its
+    life, and closures cost several times more memory)."""
+
+    __slots__ = ("_buffered_write", "_socket", "_transport")
+
+    def __init__(
+        self, transport: TwistedTransport, sock: Any, buffered_write: Callable[[bytes], None]
+    ) -> None:
+        self._transport = transport
+        self._socket = sock
+        self._buffered_write = buffered_write
+
+    def __call__(self, data: bytes) -> None:
+        transport = self._transport
+        twisted = transport._transport
+        if (
+            data
+            and twisted.connected
+            and not twisted.disconnecting
+            and not twisted._writeDisconnected
+            and transport.unsent_bytes() == 0
+        ):
+            try:
+                sent = self._socket.send(data)
+            except OSError:  # full (BlockingIOError), or broken: Twisted's path handles it
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._buffered_write(data)
+
+    def sequence(self, chunks: Iterable[bytes]) -> None:
+        self(b"".join(chunks))
 
 
 def daphne_connection(send: Send) -> tuple[Any, TwistedTransport] | None:

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Collection, Iterable
 
 from asgiref.sync import sync_to_async
@@ -69,7 +68,7 @@ class Subscriber:
         "_outbox_bytes",
         "_pending",
         "_pending_bytes",
-        "_wakeup",
+        "_waiter",
         "_writer",
         "access",
         "channels",
@@ -92,9 +91,11 @@ class Subscriber:
         self.sent = 0  # live events handed to it (for its stream's log line)
         self._capacity = capacity
         self._max_bytes = max_bytes
-        self._pending: deque[Event | Reset] = deque()
+        # A list and a bare future, not a deque and an asyncio.Event: a stream holds them all its
+        # life, and those hold a 64-slot block each (over a kilobyte per stream together).
+        self._pending: list[Event | Reset] = []
         self._pending_bytes = 0
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # set while next_batch waits
         self._writer: Callable[[bytes], bool] | None = None
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
@@ -134,7 +135,7 @@ class Subscriber:
             self._pending_bytes = 0
         else:
             self._pending.append(item)
-        self._wakeup.set()
+        self._wake()
         return False
 
     def flush(self) -> None:
@@ -152,7 +153,7 @@ class Subscriber:
         if not keeping_up:
             # Behind (or over): the stream's coroutine takes over, with flow control.
             self._writer = None
-            self._wakeup.set()
+            self._wake()
 
     def revoke(self, reason: str) -> None:
         """End this subscriber's stream: nothing more reaches it, not even what is waiting."""
@@ -162,7 +163,7 @@ class Subscriber:
         self._outbox_bytes = 0
         self._pending.clear()
         self._pending_bytes = 0
-        self._wakeup.set()
+        self._wake()
 
     @property
     def ended(self) -> bool:
@@ -171,16 +172,21 @@ class Subscriber:
     async def next_batch(self, within: float) -> list[Event | Reset] | None:
         """Everything waiting, or None if nothing arrived within ``within`` seconds."""
         if not self._pending and not self.ended:
-            self._wakeup.clear()
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(within):
-                    await self._wakeup.wait()
+                    await self._waiter
             except TimeoutError:
                 return None
-        batch = list(self._pending)
-        self._pending.clear()
+            finally:
+                self._waiter = None
+        batch, self._pending = self._pending, []
         self._pending_bytes = 0
         return batch
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class Hub:
