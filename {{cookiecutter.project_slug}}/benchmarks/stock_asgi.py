@@ -1,9 +1,10 @@
 """Django's stock ASGI application, without the event stream's thread-free route.
 
-The baseline of ``benchmarks/streams.py``: served by a second Daphne process, the same stream view
-runs inside the ``ThreadSensitiveContext`` that Django's ``ASGIHandler`` gives every request, so
-each open stream holds one OS thread. Never used to serve the project.
-"""
+Serves two systems of ``benchmarks/streams.py`` (see ``benchmarks/systems.py``): "article", with
+``DJANGO_SETTINGS_MODULE=benchmarks.article_settings``, and "stock", the project's own stream
+view with ``config.settings``. Every request runs inside the ``ThreadSensitiveContext`` that
+Django's ``ASGIHandler`` gives it, so each open stream holds one OS thread. Never used to serve
+the project."""
 
 import os
 

@@ -200,6 +200,7 @@ class Daphne:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen | None = None
+    application: str = "config.asgi:application"
 
     @property
     def url(self) -> str:
@@ -217,7 +218,7 @@ class Daphne:
                     "127.0.0.1",
                     "-p",
                     str(self.port),
-                    "config.asgi:application",
+                    self.application,
                 ],
                 cwd=PROJECT_DIR,
                 env=self.env,
@@ -245,12 +246,37 @@ class Daphne:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def connections_to(self, port: int) -> int:
+        """Established TCP connections of the server to ``port`` (e.g. Redis's), from /proc."""
+        inodes = set()
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            target = os.readlink(fd) if fd.is_symlink() else ""
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        count = 0
+        for table in ("tcp", "tcp6"):
+            for line in Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]:
+                columns = line.split()
+                remote_port = int(columns[2].rpartition(":")[2], 16)
+                # State 01 is ESTABLISHED.
+                if columns[9] in inodes and columns[3] == "01" and remote_port == port:
+                    count += 1
+        return count
+
 
 @contextmanager
-def daphne_server(project: LiveProject, directory: Path, **settings: str) -> Iterator[Daphne]:
-    """A Daphne process; keyword arguments are environment variables (settings) for it."""
+def daphne_server(
+    project: LiveProject,
+    directory: Path,
+    *,
+    application: str = "config.asgi:application",
+    **settings: str,
+) -> Iterator[Daphne]:
+    """A Daphne process serving ``application``; keyword arguments are environment variables
+    (settings) for it."""
     port = free_port()
-    server = Daphne(port, {**project.env, **settings}, directory / f"daphne-{port}.log").start()
+    env = {**project.env, **settings}
+    server = Daphne(port, env, directory / f"daphne-{port}.log", application=application).start()
     try:
         yield server
     finally:

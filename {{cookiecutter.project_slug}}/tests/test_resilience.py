@@ -193,17 +193,29 @@ def test_disconnects_leave_no_stream_subscription_or_task_behind(
         assert subscribed == [f"{prefix}:control"]
 
 
-def test_open_streams_hold_no_thread(server: Daphne, live_project: LiveProject) -> None:
-    """200 open streams: the server's thread count does not grow with them."""
+def test_open_streams_hold_no_thread_and_no_redis_connection(
+    server: Daphne, live_project: LiveProject, broker_settings: dict[str, str]
+) -> None:
+    """500 open streams: the server's threads and Redis connections do not grow with them (one
+    shared subscription, one shared worker thread)."""
     token = live_project.tokens["alice"]
+    redis_port = int(broker_settings["REDIS_URL"].rpartition(":")[2].partition("/")[0] or 0)
+
+    def sample() -> tuple[int, int]:
+        return server.status("Threads"), server.connections_to(redis_port) if redis_port else 0
+
     with api(server, live_project.tokens["staff"]) as staff:
-        metrics(staff)  # warm up the shared worker thread
-        threads_before = server.status("Threads")
-        threads_open, streams_open = asyncio.run(
-            hold_streams(server, token, 200, lambda: (server.status("Threads"), metrics(staff)))
+        # Warm up the shared worker thread and every connection a stream uses.
+        asyncio.run(hold_streams(server, token, 1, lambda: metrics(staff)))
+        threads_before, redis_before = sample()
+        (threads_open, redis_open), streams_open = asyncio.run(
+            hold_streams(server, token, 500, lambda: (sample(), metrics(staff)))
         )
-    assert streams_open["streams"] == 200
+    assert streams_open["streams"] == 500
+    if redis_port:
+        assert redis_before >= 1  # the shared subscription, at least: the count sees it
     assert threads_open <= threads_before + 2, (threads_before, threads_open)
+    assert redis_open == redis_before, (redis_before, redis_open)
 
 
 def test_publish_raises_a_clear_error_while_redis_is_down(

@@ -1,0 +1,88 @@
+"""An event is encoded once per server process, however many streams it reaches.
+
+The server is a real Daphne process serving the project through ``tests/encode_counting_asgi``,
+which counts the encoder's calls inside that process; the event is published by another process
+(``manage.py publish_event``) through Redis, or through the API with the in-process broker.
+(With Redis, a server publishing through its own API also encodes the event its ``publish()``
+returns: the publisher's copy, not the streams'.)
+"""
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from .encode_counting_asgi import COUNTS_PATH
+from .services import Daphne, LiveProject, api, daphne_server, publish
+
+pytestmark = pytest.mark.timeout(120)
+
+STREAMS = 200
+PROBE = "encode-probe"
+
+
+@pytest.fixture(scope="module")
+def counting_server(
+    live_project: LiveProject, broker_settings: dict[str, str], tmp_path_factory
+) -> Iterator[Daphne]:
+    with daphne_server(
+        live_project,
+        tmp_path_factory.mktemp("encoding"),
+        application="tests.encode_counting_asgi:application",
+        **broker_settings,
+    ) as daphne:
+        yield daphne
+
+
+def encodes(server: Daphne) -> dict[str, int]:
+    response = httpx.get(server.url + COUNTS_PATH, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+async def receive_on_every_stream(server: Daphne, token: str, publish_probe) -> int:  # type: ignore[no-untyped-def]
+    """Open STREAMS streams, publish once, and return how many streams received the event."""
+    request = (
+        "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Token {token}\r\n\r\n"
+    ).encode()
+    connections = []
+    try:
+        for _ in range(STREAMS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request)
+            connections.append((reader, writer))
+        for reader, _ in connections:
+            await asyncio.wait_for(reader.readuntil(b": connected"), 20)
+        await asyncio.to_thread(publish_probe)
+        received = await asyncio.gather(
+            *(
+                asyncio.wait_for(reader.readuntil(f"event: {PROBE}\n".encode()), 20)
+                for reader, _ in connections
+            )
+        )
+        return len(received)
+    finally:
+        for _, writer in connections:
+            writer.close()
+
+
+def test_one_event_is_encoded_once_for_all_its_streams(
+    counting_server: Daphne, live_project: LiveProject, broker_settings: dict[str, str]
+) -> None:
+    def publish_probe() -> None:
+        if broker_settings["REDIS_URL"]:
+            # From another process, as a worker publishes: this server only receives it.
+            result = live_project.manage("publish_event", PROBE, '{"n": 1}', **broker_settings)
+            assert result.returncode == 0, result.stderr
+        else:
+            with api(counting_server, live_project.tokens["staff"]) as staff:
+                publish(staff, PROBE, {"n": 1})
+
+    assert encodes(counting_server).get(PROBE, 0) == 0
+    received = asyncio.run(
+        receive_on_every_stream(counting_server, live_project.tokens["alice"], publish_probe)
+    )
+    assert received == STREAMS
+    assert encodes(counting_server)[PROBE] == 1
