@@ -234,8 +234,22 @@ class StreamSend:
             return False
         if not transport.connected:
             return False
-        assert self._protocol is not None  # set together with the transport
-        self._protocol.handle_reply({"type": "http.response.body", "body": body, "more_body": True})
+        protocol = self._protocol
+        assert protocol is not None  # set together with the transport
+        if (
+            protocol.chunked
+            and protocol.startedWriting
+            and not protocol.finished
+            and not protocol._disconnected
+            and protocol.channel is not None
+        ):
+            # What Daphne's handle_reply and then Twisted's Request.write do with a chunk of an
+            # open chunked response, without their checks of the message and of the response's
+            # state (settled by the first chunk) and the pieces they join: one chunk, one write.
+            protocol.sentLength += len(body)
+            protocol.channel.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            protocol.handle_reply({"type": "http.response.body", "body": body, "more_body": True})
         return self.keeping_up()
 
     def keeping_up(self) -> bool:
