@@ -1,10 +1,9 @@
 """An event is encoded once per server process, however many streams it reaches.
 
 The server is a real Daphne process serving the project through ``tests/encode_counting_asgi``,
-which counts the encoder's calls inside that process; the event is published by another process
-(``manage.py publish_event``) through Redis, or through the API with the in-process broker.
-(With Redis, a server publishing through its own API also encodes the event its ``publish()``
-returns: the publisher's copy, not the streams'.)
+which counts the encoder's calls inside that process; the event is published through that
+server's own API (with Redis, the event then also comes back to it through its feed), and with
+Redis by another process too (``manage.py publish_event``), as a worker publishes.
 """
 
 import asyncio
@@ -71,18 +70,21 @@ async def receive_on_every_stream(server: Daphne, token: str, publish_probe) -> 
 def test_one_event_is_encoded_once_for_all_its_streams(
     counting_server: Daphne, live_project: LiveProject, broker_settings: dict[str, str]
 ) -> None:
-    def publish_probe() -> None:
-        if broker_settings["REDIS_URL"]:
-            # From another process, as a worker publishes: this server only receives it.
-            result = live_project.manage("publish_event", PROBE, '{"n": 1}', **broker_settings)
-            assert result.returncode == 0, result.stderr
-        else:
-            with api(counting_server, live_project.tokens["staff"]) as staff:
-                publish(staff, PROBE, {"n": 1})
+    def publish_through_the_server() -> None:
+        with api(counting_server, live_project.tokens["staff"]) as staff:
+            publish(staff, PROBE, {"n": 1})
 
+    def publish_from_another_process() -> None:
+        result = live_project.manage("publish_event", PROBE, '{"n": 2}', **broker_settings)
+        assert result.returncode == 0, result.stderr
+
+    publishers = [publish_through_the_server]
+    if broker_settings["REDIS_URL"]:
+        publishers.append(publish_from_another_process)
     assert encodes(counting_server).get(PROBE, 0) == 0
-    received = asyncio.run(
-        receive_on_every_stream(counting_server, live_project.tokens["alice"], publish_probe)
-    )
-    assert received == STREAMS
-    assert encodes(counting_server)[PROBE] == 1
+    for published, publish_probe in enumerate(publishers, start=1):
+        received = asyncio.run(
+            receive_on_every_stream(counting_server, live_project.tokens["alice"], publish_probe)
+        )
+        assert received == STREAMS
+        assert encodes(counting_server)[PROBE] == published

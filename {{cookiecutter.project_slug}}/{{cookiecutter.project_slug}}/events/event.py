@@ -51,12 +51,17 @@ class Event:
     data: str  # JSON text, exactly as clients receive it
     channel: str
     id: str | None = None
-    wire: bytes = field(init=False, repr=False, compare=False)
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "wire", encode_event(self.data, event_type=self.type, event_id=self.id)
-        )
+    @property
+    def wire(self) -> bytes:
+        """The event as clients receive it, encoded on first use: every recipient shares these
+        bytes, and an event that is only published (the one ``publish()`` returns) costs none."""
+        wire = self._wire
+        if wire is None:
+            wire = encode_event(self.data, event_type=self.type, event_id=self.id)
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     @property
     def sort_key(self) -> tuple[int, int] | None:
