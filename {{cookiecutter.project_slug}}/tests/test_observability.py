@@ -162,16 +162,47 @@ def test_evictions_are_counted_by_reason(
         tmp_path,
         REDIS_URL=redis_service.url,
         EVENTS_REDIS_PREFIX="test-evictions",
-        EVENTS_STREAM_MAX_SECONDS="1",
+        EVENTS_STREAM_MAX_SECONDS="2",
+        EVENTS_MAX_STREAMS_PER_USER="1",
     ) as short_lived:
         before = scrape(short_lived)
         with api(short_lived, live_project.tokens["alice"]) as alice, open_stream(alice) as stream:
+            # A second stream of the same user, over the limit.
+            assert alice.get("/api/events/stream/").status_code == 429
             assert list(stream.events()) == []  # it ends by itself, at its lifetime
         wait_for(lambda: scrape(short_lived)["events_streams_open"] == 0)
         after = scrape(short_lived)
-        assert (
-            increase(before, after, series("events_clients_evicted_total", reason="lifetime")) == 1
+        lifetime = series("events_clients_evicted_total", reason="lifetime")
+        assert increase(before, after, lifetime) == 1
+        assert increase(before, after, series("events_streams_refused_total", status="429")) == 1
+
+
+def test_a_revoked_stream_is_counted(server: Daphne, live_project: LiveProject) -> None:
+    created = live_project.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User\n"
+        "from rest_framework.authtoken.models import Token\n"
+        "user = User.objects.create_user('revoked-in-metrics')\n"
+        "print(Token.objects.create(user=user).key)",
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    before = scrape(server)
+    with api(server, token) as client, open_stream(client) as stream:
+        deleted = live_project.manage(
+            "shell",
+            "-c",
+            "from rest_framework.authtoken.models import Token\n"
+            f"Token.objects.get(key={token!r}).delete()",
+            REDIS_URL=server.env["REDIS_URL"],
+            EVENTS_REDIS_PREFIX=server.env["EVENTS_REDIS_PREFIX"],
         )
+        assert deleted.returncode == 0, deleted.stderr
+        assert [event.event for event in stream.events()] == ["revoked"]
+    wait_for(lambda: scrape(server)["events_streams_open"] == before["events_streams_open"])
+    revoked = series("events_clients_evicted_total", reason="revoked")
+    assert increase(before, scrape(server), revoked) == 1
 
 
 def test_a_stream_logs_one_json_line_when_it_opens_and_one_when_it_ends(
