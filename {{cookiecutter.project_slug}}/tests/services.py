@@ -13,8 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -323,9 +323,12 @@ def signed_in_browser(
         yield client
 
 
-async def hold_streams(server: Daphne, token: str, count: int, measure: Callable[[], T]) -> T:
-    """Open ``count`` streams at once (raw sockets, as many clients would), and return what
-    ``measure`` (run in a thread) finds while they are all subscribed; then close them."""
+@asynccontextmanager
+async def raw_streams(
+    server: Daphne, token: str, count: int
+) -> AsyncIterator[list[asyncio.StreamReader]]:
+    """``count`` streams opened at once (raw sockets, as many clients would), every one
+    subscribed; closed on leaving."""
     request = (
         "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
         f"Authorization: Token {token}\r\n\r\n"
@@ -338,7 +341,13 @@ async def hold_streams(server: Daphne, token: str, count: int, measure: Callable
             connections.append((reader, writer))
         for reader, _ in connections:
             await asyncio.wait_for(reader.readuntil(b": connected"), 20)
-        return await asyncio.to_thread(measure)
+        yield [reader for reader, _ in connections]
     finally:
         for _, writer in connections:
             writer.close()
+
+
+async def hold_streams(server: Daphne, token: str, count: int, measure: Callable[[], T]) -> T:
+    """What ``measure`` (run in a thread) finds while ``count`` streams are open."""
+    async with raw_streams(server, token, count):
+        return await asyncio.to_thread(measure)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from .encode_counting_asgi import COUNTS_PATH
-from .services import Daphne, LiveProject, api, daphne_server, publish
+from .services import Daphne, LiveProject, api, daphne_server, publish, raw_streams
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,29 +42,15 @@ def encodes(server: Daphne) -> dict[str, int]:
 
 async def receive_on_every_stream(server: Daphne, token: str, publish_probe) -> int:  # type: ignore[no-untyped-def]
     """Open STREAMS streams, publish once, and return how many streams received the event."""
-    request = (
-        "GET /api/events/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-        f"Authorization: Token {token}\r\n\r\n"
-    ).encode()
-    connections = []
-    try:
-        for _ in range(STREAMS):
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(request)
-            connections.append((reader, writer))
-        for reader, _ in connections:
-            await asyncio.wait_for(reader.readuntil(b": connected"), 20)
+    async with raw_streams(server, token, STREAMS) as readers:
         await asyncio.to_thread(publish_probe)
         received = await asyncio.gather(
             *(
                 asyncio.wait_for(reader.readuntil(f"event: {PROBE}\n".encode()), 20)
-                for reader, _ in connections
+                for reader in readers
             )
         )
         return len(received)
-    finally:
-        for _, writer in connections:
-            writer.close()
 
 
 def test_one_event_is_encoded_once_for_all_its_streams(
