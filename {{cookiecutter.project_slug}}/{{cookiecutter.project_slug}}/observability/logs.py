@@ -28,7 +28,8 @@ _current_request_id: ContextVar[str | None] = ContextVar("current_request_id", d
 
 
 class RequestContextMiddleware:
-    """Sync and async: the stream's requests go through it on the event loop's side."""
+    """Sync and async: Django's ASGI handler calls it as a coroutine; gunicorn, and the stream's
+    handler (``events/asgi.py``), as a function."""
 
     sync_capable = True
     async_capable = True
