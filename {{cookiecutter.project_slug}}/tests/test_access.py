@@ -28,6 +28,7 @@ from .services import (
     api,
     daphne_server,
     hold_streams,
+    metrics,
     publish,
     signed_in_browser,
 )
@@ -274,6 +275,35 @@ def test_checking_the_limits_holds_no_redis_connection_per_stream(
         opened = asyncio.run(hold_streams(server, live_project.tokens["alice"], 200, connected))
     print(f"RELIABILITY: redis connections before={before} with_200_streams={opened}")
     assert opened <= before + 3
+
+
+def test_no_task_outlives_the_streams_whose_slots_it_renews(
+    live_project: LiveProject, redis_service: RedisServer, tmp_path
+) -> None:
+    """The task renewing a process's open-stream leases ends with the last stream: after the
+    same streams came and went, a server counting them runs no more tasks than one that does
+    not count."""
+    limited = {"EVENTS_MAX_STREAMS_PER_USER": "1000", "EVENTS_STREAM_RATE": ""}
+    unlimited = {"EVENTS_MAX_STREAMS_PER_USER": "0", "EVENTS_STREAM_RATE": ""}
+
+    def tasks_after_streams(settings: dict[str, str]) -> int:
+        with (
+            daphne_server(
+                live_project,
+                tmp_path,
+                REDIS_URL=redis_service.url,
+                EVENTS_REDIS_PREFIX="test-access-renewer",
+                **settings,
+            ) as server,
+            api(server, live_project.tokens["staff"]) as staff,
+        ):
+            asyncio.run(hold_streams(server, live_project.tokens["alice"], 5, lambda: None))
+            deadline = time.monotonic() + 10
+            while metrics(staff)["streams"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return metrics(staff)["tasks"]
+
+    assert tasks_after_streams(limited) == tasks_after_streams(unlimited)
 
 
 # --- Revocation -------------------------------------------------------------------------------
