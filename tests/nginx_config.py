@@ -42,6 +42,7 @@ def nginx_config(
     tls_port: int | None = None,
     certificate: Certificate | None = None,
     plain_http: str = "serve",
+    workers: int = 1,
 ) -> Path:
     """Write nginx.conf (and the rendered site) into ``directory``; returns its path.
 
@@ -50,9 +51,10 @@ def nginx_config(
     into ``directory``). Plain http is served (``plain_http="serve"``, as the tests that speak
     plain http need) or redirected to the https port (``"redirect"``, compose's default).
     Several ASGI upstreams become several ``server`` lines. Static files come from
-    ``static_root`` (default: the project's staticfiles/). Its one worker holds
-    ``worker_connections`` connections (default 1024, as in the nginx image's nginx.conf); each
-    stream proxied takes two over HTTP/1.1, the client's and the upstream's.
+    ``static_root`` (default: the project's staticfiles/). It runs ``workers`` worker processes
+    (default one; the nginx image runs one per core), each holding ``worker_connections``
+    connections (default 1024, as in the nginx image's nginx.conf); each stream proxied takes two
+    over HTTP/1.1, the client's and the upstream's.
     ``streams_per_ip`` is the template's limit of open streams per client address; by default it
     is ``worker_connections``, a limit the worker reaches first: every client of a test comes from
     127.0.0.1, and hundreds of them must not be refused as one address.
@@ -92,7 +94,7 @@ def nginx_config(
     include_mime_types = f"    include {mime_types};\n" if mime_types.exists() else ""
     config = directory / "nginx.conf"
     config.write_text(
-        f"""{user}worker_processes 1;
+        f"""{user}worker_processes {workers};
 # Room for every connection, whatever limit nginx was started with (it may raise its own up to
 # the hard limit).
 worker_rlimit_nofile {worker_connections + 64};

@@ -228,6 +228,8 @@ def test_other_requests_go_to_the_topologys_server(baked, topology):
     assert ["keepalive", "32"] in asgi
     # With keepalive, a balancing method other than round-robin must come first.
     assert asgi.index(["least_conn"]) < asgi.index(["keepalive", "32"])
+    # least_conn's counts shared by nginx's workers (the test of balancing below runs several).
+    assert any(d[0] == "zone" for d in asgi)
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
@@ -408,6 +410,42 @@ def test_streams_over_the_per_address_limit_get_429_as_json(baked, topology, tmp
         refusals = [line for line in log if "limiting connections by zone" in line]
         assert len(refusals) == 1, log
         assert "[warn]" in refusals[0]
+
+
+# --- Balancing streams over replicas, in a real nginx with several workers -------------------
+
+BALANCED_STREAMS = 8
+
+
+@pytest.mark.timeout(60)
+def test_streams_are_balanced_over_replicas_whichever_worker_accepts_them(baked, tmp_path):
+    """nginx runs a worker per core, and the kernel hands each new connection to any of them.
+    least_conn must count the streams of all workers together: then streams opened one after
+    the other alternate between two replicas, however the workers shared them."""
+    nginx = require_binary("nginx", "/usr/sbin")
+    project = baked()
+    with ExitStack() as running:
+        replicas = [running.enter_context(StubUpstream().running()) for _ in range(2)]
+        port = free_port()
+        config = nginx_config(
+            project,
+            tmp_path / "nginx",
+            port=port,
+            asgi_upstreams=[f"127.0.0.1:{replica.port}" for replica in replicas],
+            workers=4,
+        )
+        command = nginx_command(nginx, config, "daemon off;")
+        server = Server("nginx", command, port, tmp_path, dict(os.environ), tmp_path / "nginx.log")
+        running.callback(server.stop)
+        server.start()
+
+        for _ in range(BALANCED_STREAMS):
+            connection, response = request(port, STREAM_PATH)
+            running.callback(connection.close)
+            assert response.status == 200
+            assert response.readline() == STREAM_GREETING
+        for replica in replicas:
+            replica.wait_for_open_streams(BALANCED_STREAMS // 2)
 
 
 # --- https, HTTP/2 and the redirect from plain http, in a real nginx --------------------------
