@@ -111,6 +111,9 @@ def test_metrics_count_what_happened(server: Daphne, live_project: LiveProject) 
         # A client resuming from the first event is sent the rest from history.
         with open_stream(alice, last_event_id=ids[0]) as resumed:
             assert [event.id for event in resumed.take(3)][:2] == ids[1:]  # then "once"
+        # One resuming from an id history does not hold is sent a reset, and no event.
+        with open_stream(alice, last_event_id="1-0") as reset:
+            assert [event.event for event in reset.take(1)] == ["reset"]
     wait_for(lambda: scrape(server)["events_streams_open"] == before["events_streams_open"])
     after = scrape(server)
 
@@ -119,11 +122,13 @@ def test_metrics_count_what_happened(server: Daphne, live_project: LiveProject) 
     assert increase(before, after, series("events_published_total", outcome="refused")) == 1
     # Live: three ticks and "once", each to the two streams (the resumed one read history).
     assert increase(before, after, "events_delivered_total") == 8
-    assert increase(before, after, "events_replayed_total") >= 2
+    # Sent from history: the two ticks after the first and "once"; the reset is not an event.
+    assert increase(before, after, "events_replayed_total") == 3
+    assert increase(before, after, "events_resets_sent_total") == 1
     for status in ("400", "401", "403"):
         assert increase(before, after, series("events_streams_refused_total", status=status)) == 1
-    assert increase(before, after, "events_streams_opened_total") == 3
-    assert increase(before, after, "events_stream_duration_seconds_count") == 3
+    assert increase(before, after, "events_streams_opened_total") == 4
+    assert increase(before, after, "events_stream_duration_seconds_count") == 4
     # Latency is observed once per event and process, whatever the number of recipients.
     assert increase(before, after, "events_delivery_latency_seconds_count") == 4
     # The clients left by themselves: no eviction.

@@ -115,16 +115,17 @@ async def _stream(
         yield retry + encode_comment("connected")
     else:
         replay = Replay(broker, subscriber.channels, last_event_id)
+        first = True
         try:
             async for wire in replay.chunks():
                 if subscriber.revoked:
                     break
-                yield retry + wire if not replay.sent else wire
-                replay.sent += 1
+                yield retry + wire if first else wire
+                first = False
         finally:
             record.replayed = replay.sent
             instruments.replayed.inc(replay.sent)
-        if not replay.sent:
+        if first:
             yield retry + encode_comment("up to date")
         replay_end = replay.end
     async for chunk in _live(subscriber, replay_end, settings, current_stream_send.get(), record):
@@ -144,13 +145,15 @@ class Replay:
         self._after = after
         # Live events up to here were replayed, or were sent before the client reconnected.
         self.end: tuple[int, int] | None = parse_event_id(after)
-        self.sent = 0  # counted by the stream, as it sends them
+        self.sent = 0  # events, not a reset
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for last_id, events in self._broker.history_after(self._after, self._channels):
                 for event in events:
                     yield event.wire
+                    # Resumed once the stream has sent it.
+                    self.sent += 1
                 self.end = parse_event_id(last_id)
         except HistoryGap:
             point = await self._broker.reset_point()
