@@ -1,5 +1,7 @@
 """A small Server-Sent Events client for the tests, parsing the stream as a browser does."""
 
+import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,6 +71,20 @@ class EventStream:
             if len(received) == count:
                 break
         return received
+
+
+def revoked_reason(stream: EventStream, within: float = 10.0) -> str:
+    """Reads the stream to its end, which must come within ``within`` seconds (heartbeats keep
+    arriving meanwhile); returns the reason of its closing ``revoked`` event."""
+    deadline = time.monotonic() + within
+    events: list[Message] = []
+    for message in stream:
+        assert time.monotonic() < deadline, f"still open after {within} s: {events}"
+        if message.comment is None and message.retry is None:
+            events.append(message)
+    assert events, "the stream ended without a revoked event"
+    assert events[-1].event == "revoked", events
+    return json.loads(events[-1].data)["reason"]
 
 
 @contextmanager

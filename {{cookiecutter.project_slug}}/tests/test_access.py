@@ -8,7 +8,6 @@ long-lived secret in the URL, and stop working with the credential that asked fo
 """
 
 import asyncio
-import json
 import os
 import re
 import secrets
@@ -32,7 +31,7 @@ from .services import (
     publish,
     signed_in_browser,
 )
-from .sse import EventStream, Message, open_stream
+from .sse import EventStream, open_stream, revoked_reason
 
 LEASE_SECONDS = 30  # events/broker/slots.py
 
@@ -108,20 +107,6 @@ def user(pair: Pair) -> User:
     )
     pk, token = created.splitlines()[-1].split()
     return User(name, pk, token, password)
-
-
-def revoked_reason(stream: EventStream, within: float = 10.0) -> str:
-    """Reads the stream to its end, which must come within ``within`` seconds (heartbeats keep
-    arriving meanwhile); returns the reason of its closing ``revoked`` event."""
-    deadline = time.monotonic() + within
-    events: list[Message] = []
-    for message in stream:
-        assert time.monotonic() < deadline, f"still open after {within} s: {events}"
-        if message.comment is None and message.retry is None:
-            events.append(message)
-    assert events, "the stream ended without a revoked event"
-    assert events[-1].event == "revoked", events
-    return json.loads(events[-1].data)["reason"]
 
 
 def stream_status(client: httpx.Client, **params: str) -> httpx.Response:

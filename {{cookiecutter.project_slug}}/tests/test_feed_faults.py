@@ -29,7 +29,7 @@ from .services import (
     publish,
     redis_server,
 )
-from .sse import EventStream, Message, open_stream
+from .sse import EventStream, Message, open_stream, revoked_reason
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -532,3 +532,60 @@ def test_catch_up_never_sends_a_new_channel_its_earlier_events(
             for_all = publish(staff, "for-all")
             assert [m.id for m in stream_a.take(1)] == [for_all]
     assert [(m.event, m.id) for m in received] == [("late", late)]
+
+
+# --- 5. access taken away while the feed was down ----------------------------------------------
+
+
+def create_token_user(project: LiveProject, redis_url: str) -> str:
+    """A new user's token (the tests below delete it)."""
+    created = project.manage(
+        "shell",
+        "-c",
+        "import secrets\n"
+        "from django.contrib.auth.models import User\n"
+        "from rest_framework.authtoken.models import Token\n"
+        "user = User.objects.create_user(f'feed-down-{secrets.token_hex(4)}')\n"
+        "print(Token.objects.create(user=user).key)",
+        REDIS_URL=redis_url,
+    )
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("changes_kept", [True, False], ids=["changes-kept", "changes-lost"])
+def test_a_token_deleted_while_the_feed_was_down_ends_its_streams_once_it_is_back(
+    live_project: LiveProject, tmp_path: Path, changes_kept: bool
+) -> None:
+    """The control message of a deleted token is published while this process's Pub/Sub
+    connection is down (a Redis restart, a network cut). Back, the feed reads the access changes
+    it missed and ends that token's stream; if even those are gone from Redis, it rechecks every
+    open stream, which ends the same one. Other streams go on."""
+    tokens = live_project.tokens
+    with (
+        own_redis_daphne(live_project, tmp_path) as (own_redis, daphne),
+        api(daphne, tokens["staff"]) as staff,
+        api(daphne, tokens["alice"]) as alice,
+        open_stream(alice) as other,
+    ):
+        token = create_token_user(live_project, own_redis.url)
+        with api(daphne, token) as client, open_stream(client) as stream:
+            assert stream.take_all(2)[1].comment == "connected"
+            # Until allowed again, Redis refuses the feed's SUBSCRIBE: it stays down.
+            own_redis.command("ACL", "SETUSER", "default", "-subscribe")
+            kill_pubsub_connections(own_redis)
+            deleted = live_project.manage(
+                "shell",
+                "-c",
+                "from rest_framework.authtoken.models import Token\n"
+                f"Token.objects.filter(key={token!r}).delete()",
+                REDIS_URL=own_redis.url,
+            )
+            assert deleted.returncode == 0, deleted.stderr
+            if not changes_kept:
+                assert own_redis.command("DEL", "events:access-changes") == "1"
+            own_redis.command("ACL", "SETUSER", "default", "+subscribe")
+            assert revoked_reason(stream, within=30) == "token-deleted"
+        still_here = publish(staff, "still-here")
+        assert [m.id for m in take_until(other, still_here)][-1] == still_here
+    assert ("rechecking every open stream" in daphne.log()) is not changes_kept

@@ -14,7 +14,7 @@ drains, with flow control (``backpressure.py``).
 
 When a user's access may have changed (a control message, ``revocation.py``), the hub rechecks
 that user's subscribers, in worker threads (the checks query the database), and ends those whose
-access is gone.
+access is gone; when the feed could not tell which changes it missed, it rechecks them all.
 """
 
 import asyncio
@@ -302,6 +302,13 @@ class Hub:
             for subscriber in self._subscribers.get(user_channel(change.user), ())
             if subscriber.access is not None and not subscriber.ended
         ]
+        self._recheck(subscribers, change)
+
+    def access_may_have_changed(self) -> None:
+        subscribers = [s for s in self._all_subscribers() if s.access is not None and not s.ended]
+        self._recheck(subscribers, None)
+
+    def _recheck(self, subscribers: list[Subscriber], change: AccessChange | None) -> None:
         if subscribers:
             task = asyncio.create_task(_recheck(subscribers, change))
             self._rechecks.add(task)
@@ -315,11 +322,15 @@ class Hub:
         await self._feed.aclose()
 
 
-async def _recheck(subscribers: list[Subscriber], change: AccessChange) -> None:
+async def _recheck(subscribers: list[Subscriber], change: AccessChange | None) -> None:
+    """One stream at a time: after a lost connection, all of a process's streams may be rechecked,
+    and the database should see one query at a time from it, not thousands at once."""
     for subscriber in subscribers:
         access = subscriber.access
         assert access is not None  # only subscribers with an access are rechecked
-        reason = access.ended_by(change.credential, change.reason)
+        if subscriber.ended:  # while the streams before it were rechecked
+            continue
+        reason = None if change is None else access.ended_by(change.credential, change.reason)
         if reason is None:
             try:
                 # Not thread-sensitive: the stream's own request no longer holds a thread.

@@ -11,9 +11,9 @@ refused with 401 (or 403 for a topic), which makes an EventSource stop instead o
 - permissions or groups changed: the streams of a topic the authorizer now denies.
 
 A project whose topic rule reads its own data calls ``recheck_streams(user)`` when that data
-changes. A control message sent while a process's Redis feed is reconnecting does not reach that
-process: its streams end at the latest with their lifetime (``EVENTS_STREAM_MAX_SECONDS``), and
-every reconnection is checked in full.
+changes. A process whose Redis feed was reconnecting when a control message was sent reads it when
+it is back (the Redis broker keeps the latest ones, ``broker/redis.py``); if it was gone too long
+for that, it rechecks every open stream. Every reconnection of a client is checked in full.
 """
 
 import functools

@@ -25,8 +25,8 @@ class AccessChange:
 
     ``credential`` (a fingerprint, see access.py) names a session or token that no longer
     authenticates: streams opened with it end at once, for ``reason``, without asking the
-    database (which may not know yet). Carried outside history: only processes with streams open
-    now care, and forging one can only make streams recheck their access.
+    database (which may not know yet). Kept apart from event history, for the processes that were
+    disconnected when it was sent; forging one can only make streams recheck their access.
     """
 
     user: str
@@ -84,6 +84,9 @@ class FeedSink(Protocol):
         their state as of ``reset_point`` (see Broker.reset_point)."""
 
     def access_changed(self, change: AccessChange) -> None: ...
+
+    def access_may_have_changed(self) -> None:
+        """Access changes may have been missed, and which is unknown: recheck every stream."""
 
 
 class Feed(ABC):

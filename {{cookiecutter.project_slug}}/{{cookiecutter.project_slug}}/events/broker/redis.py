@@ -7,6 +7,10 @@ from replay to live delivery without a gap or a duplicate. The script publishes
 (published by another service) has no id.
 
 Each process opens one Pub/Sub connection, shared by all of its clients (``redis_feed.py``).
+
+Access changes (``revocation.py``) take the same path on a second, smaller stream: a script appends
+each to ``<prefix>:access-changes`` and publishes ``<id>\\n<change>`` on the control channel, so
+that a process whose connection was down reads what it missed when it reconnects.
 """
 
 import asyncio
@@ -18,6 +22,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from ..channels import CONTROL, RESET_MARKER
@@ -62,6 +67,23 @@ if newest[1] then return newest[1][1] end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'channel', ARGV[2])
 """
 
+# Access changes: appended to their own capped stream, and published with their id.
+_SIGNAL_ACCESS_CHANGE = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'change', ARGV[3])
+redis.call('PUBLISH', ARGV[2], id .. '\\n' .. ARGV[3])
+return id
+"""
+# The newest entry of a stream, or a marker entry (with no change) added to an empty one: a
+# reader's starting point, whose trimming later shows that it missed entries.
+_NEWEST_OR_MARKER = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then return newest[1][1] end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'marker', '1')
+"""
+# Access changes are rare (a logout, a deleted token): this many cover any plausible time a
+# feed spends reconnecting; beyond it, a process rechecks every open stream.
+ACCESS_CHANGES_KEPT = 10_000
+
 # Connections are few and long-lived; failures should surface fast so that callers see them.
 # No retries: redis-py would send a command again after a lost reply, and the publish script is not
 # idempotent (two ids for one event). Publishing is at most once per call; the feed reconnects by
@@ -93,6 +115,7 @@ class RedisBroker(Broker):
         self._url = url
         self._prefix = prefix
         self._history_key = f"{prefix}:history"
+        self._access_changes_key = f"{prefix}:access-changes"
         self._history_length = history_length
         self.max_payload_bytes = max_payload_bytes
         self.health_check_seconds = health_check_seconds
@@ -101,6 +124,8 @@ class RedisBroker(Broker):
         self._publish_script = self._client.register_script(_PUBLISH)
         self._reset_point_script = self._client.register_script(_RESET_POINT)
         self._publish_once_script = self._client.register_script(_PUBLISH_ONCE)
+        self._signal_access_change_script = self._client.register_script(_SIGNAL_ACCESS_CHANGE)
+        self._newest_or_marker_script = self._client.register_script(_NEWEST_OR_MARKER)
         self.stream_slots = RedisStreamSlots(self)
         # redis.asyncio clients belong to the event loop that created them.
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
@@ -239,17 +264,66 @@ class RedisBroker(Broker):
         return entries[0][0].decode() if entries else None
 
     async def reset_point(self) -> str:
-        script = self._reset_point_script
         keys, args = [self._history_key], [str(self._history_length), RESET_MARKER]
-        client = self.async_client()
         try:
-            try:
-                point = await client.evalsha(script.sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                point = await client.eval(_RESET_POINT, len(keys), *keys, *args)
+            point = await self._run_script(self._reset_point_script, keys, args)
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return str(point.decode())
+
+    async def _run_script(self, script: Script, keys: list[str], args: list[str]) -> Any:
+        """A registered script on the async client (registered scripts run on the sync one)."""
+        client = self.async_client()
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # Registered from a str (above).
+            return await client.eval(cast(str, script.script), len(keys), *keys, *args)
+
+    async def access_changes_point(self) -> str:
+        """The id of the newest access change (or of a marker): where a feed starts reading."""
+        keys, args = [self._access_changes_key], [str(ACCESS_CHANGES_KEPT)]
+        try:
+            point = await self._run_script(self._newest_or_marker_script, keys, args)
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Access changes unavailable: {error}") from error
+        return str(point.decode())
+
+    async def access_changes_after(
+        self, change_id: str
+    ) -> AsyncIterator[tuple[str, AccessChange | None]]:
+        """Each access change after ``change_id`` with its id (None for one that cannot be read,
+        which is reported). Raises HistoryGap if ``change_id`` was trimmed away, or never was."""
+        client = self.async_client()
+        start, anchor = change_id, parse_event_id(change_id)
+        while True:
+            try:
+                entries = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    await client.xrange(
+                        self._access_changes_key, start, "+", count=HISTORY_PAGE_SIZE + 1
+                    ),
+                )
+            except redis.RedisError as error:
+                raise BrokerUnavailable(f"Access changes unavailable: {error}") from error
+            # Inclusive of the anchor: finding it proves that nothing after it was trimmed.
+            if not entries or parse_event_id(entries[0][0].decode()) != anchor:
+                raise HistoryGap(change_id)
+            for entry_id, fields in entries[1:]:
+                yield entry_id.decode(), self._access_change(entry_id, fields)
+            if len(entries) <= HISTORY_PAGE_SIZE:
+                return
+            start = entries[-1][0].decode()
+            anchor = parse_event_id(start)
+
+    def _access_change(self, entry_id: bytes, fields: dict[bytes, bytes]) -> AccessChange | None:
+        if b"change" not in fields:  # a marker
+            return None
+        try:
+            return AccessChange.decode(fields[b"change"])
+        except ValueError as error:
+            report_malformed("access change", entry_id, error)
+            return None
 
     def _history_event(
         self, entry: tuple[bytes, dict[bytes, bytes]], channels: Container[str] | None
@@ -278,8 +352,10 @@ class RedisBroker(Broker):
         return event if channels is None or event.channel in channels else None
 
     def signal_access_change(self, change: AccessChange) -> None:
+        keys = [self._access_changes_key]
+        args = [str(ACCESS_CHANGES_KEPT), self.pubsub_channel(CONTROL), change.encode().decode()]
         try:
-            self._client.publish(self.pubsub_channel(CONTROL), change.encode())
+            self._signal_access_change_script(keys=keys, args=args)
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 

@@ -16,7 +16,9 @@ What keeps it delivering:
   watermark is no longer in history, its clients get a ``reset``.
 
 The feed also listens, for its whole life, to the control channel (``channels.CONTROL``), where
-processes ask each other to recheck the access of a user's open streams (``revocation.py``).
+processes ask each other to recheck the access of a user's open streams (``revocation.py``). Access
+changes have a watermark of their own, and are caught up the same way after a reconnect; if the
+watermark is gone from their stream, every open stream is rechecked.
 
 The watermark moves with every live event, and when a channel is subscribed: the newest id is read
 just before the SUBSCRIBE is sent, and it becomes the watermark when Redis confirms the SUBSCRIBE
@@ -71,6 +73,9 @@ class RedisFeed(Feed):
         self._problem: str | None = "connecting to Redis"
         self._watermark: str | None = None  # None: history was empty, or nothing read yet
         self._watermark_key = (0, 0)
+        # The newest access change received, read when the first connection is made.
+        self._access_watermark = "0-0"
+        self._access_watermark_key = (0, 0)
         self._latest_id: asyncio.Task[str | None] | None = None
         self._closing = False
         self._supervisor = self._start()
@@ -185,6 +190,7 @@ class RedisFeed(Feed):
         await pubsub.connect()  # type: ignore[no-untyped-call]
         if not catch_up:
             self._advance(await self._broker.latest_event_id())
+            self._advance_access(await self._broker.access_changes_point())
         held: list[dict[str, Any]] = []
         channels = {self._broker.pubsub_channel(channel) for channel in {*self._channels, CONTROL}}
         await pubsub.subscribe(*channels)
@@ -198,6 +204,7 @@ class RedisFeed(Feed):
                 held.append(message)
         if catch_up:
             await self._catch_up()
+            await self._catch_up_access_changes()
         for message in held:  # arrived while subscribing: those in history are now duplicates
             self._handle_safely(message)
         self._pubsub = pubsub
@@ -219,6 +226,24 @@ class RedisFeed(Feed):
             self._watermark, self._watermark_key = None, (0, 0)
             self._advance(point)
             self._sink.lost_events(point)
+
+    async def _catch_up_access_changes(self) -> None:
+        """Recheck the streams of every access change made while the connection was down."""
+        try:
+            async for change_id, change in self._broker.access_changes_after(
+                self._access_watermark
+            ):
+                if change is not None:
+                    self._sink.access_changed(change)
+                self._advance_access(change_id)
+        except HistoryGap:
+            logger.warning(
+                "Access changes after %s are gone; rechecking every open stream",
+                self._access_watermark,
+            )
+            self._access_watermark, self._access_watermark_key = "0-0", (0, 0)
+            self._advance_access(await self._broker.access_changes_point())
+            self._sink.access_may_have_changed()
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
         loop = asyncio.get_running_loop()
@@ -249,7 +274,7 @@ class RedisFeed(Feed):
         kind = message["type"]
         if kind == "message":
             if self._broker.channel_of(message["channel"]) == CONTROL:
-                self._sink.access_changed(AccessChange.decode(message["data"]))
+                self._handle_access_change(message["data"])
             else:
                 self._handle_event(message["channel"], message["data"])
         elif kind == "subscribe":
@@ -282,6 +307,19 @@ class RedisFeed(Feed):
             self._watermark, self._watermark_key = event.id, key
         self._sink.deliver(event)
 
+    def _handle_access_change(self, payload: bytes) -> None:
+        """``<id>\\n<change>`` from the signal script, or a bare change (no id)."""
+        if payload[:1].isdigit():
+            head, _, payload = payload.partition(b"\n")
+            change_id = head.decode()
+            if parse_event_id(change_id) <= self._access_watermark_key:
+                return  # caught up after a reconnect already
+            change = AccessChange.decode(payload)
+            self._advance_access(change_id)
+        else:
+            change = AccessChange.decode(payload)
+        self._sink.access_changed(change)
+
     def _split_id(self, payload: bytes) -> tuple[str | None, bytes]:
         """``<id> <signature>\\n<envelope>`` from the publish script, or a bare envelope (no id)
         from another publisher."""
@@ -293,6 +331,10 @@ class RedisFeed(Feed):
     def _advance(self, event_id: str | None) -> None:
         if event_id is not None and (key := parse_event_id(event_id)) > self._watermark_key:
             self._watermark, self._watermark_key = event_id, key
+
+    def _advance_access(self, change_id: str) -> None:
+        if (key := parse_event_id(change_id)) > self._access_watermark_key:
+            self._access_watermark, self._access_watermark_key = change_id, key
 
     def _forget_confirmation(self, channel: str, waiter: asyncio.Future[None]) -> None:
         waiters = self._confirmations.get(channel)
