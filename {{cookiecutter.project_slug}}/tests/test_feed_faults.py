@@ -536,6 +536,14 @@ def test_catch_up_never_sends_a_new_channel_its_earlier_events(
 
 # --- 5. access taken away while the feed was down ----------------------------------------------
 
+ACCESS_CHANGES_KEY = "events:access-changes"
+# What happens to the kept access changes while the feed is down, before a token is deleted.
+SPOILERS: dict[str, tuple[str, ...] | None] = {
+    "kept": None,
+    "deleted": ("DEL", ACCESS_CHANGES_KEY),
+    "overwritten": ("SET", ACCESS_CHANGES_KEY, "not a stream"),
+}
+
 
 def create_token_user(project: LiveProject, redis_url: str) -> str:
     """A new user's token (the tests below delete it)."""
@@ -553,14 +561,25 @@ def create_token_user(project: LiveProject, redis_url: str) -> str:
     return created.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("changes_kept", [True, False], ids=["changes-kept", "changes-lost"])
+def delete_token(project: LiveProject, redis_url: str, token: str) -> None:
+    deleted = project.manage(
+        "shell",
+        "-c",
+        "from rest_framework.authtoken.models import Token\n"
+        f"Token.objects.filter(key={token!r}).delete()",
+        REDIS_URL=redis_url,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+
+
+@pytest.mark.parametrize("spoiler", SPOILERS)
 def test_a_token_deleted_while_the_feed_was_down_ends_its_streams_once_it_is_back(
-    live_project: LiveProject, tmp_path: Path, changes_kept: bool
+    live_project: LiveProject, tmp_path: Path, spoiler: str
 ) -> None:
     """The control message of a deleted token is published while this process's Pub/Sub
     connection is down (a Redis restart, a network cut). Back, the feed reads the access changes
-    it missed and ends that token's stream; if even those are gone from Redis, it rechecks every
-    open stream, which ends the same one. Other streams go on."""
+    it missed and ends that token's stream; if those are gone or unreadable, it rechecks every
+    open stream, which ends the same one. Other streams go on, and so does live revocation."""
     tokens = live_project.tokens
     with (
         own_redis_daphne(live_project, tmp_path) as (own_redis, daphne),
@@ -568,24 +587,26 @@ def test_a_token_deleted_while_the_feed_was_down_ends_its_streams_once_it_is_bac
         api(daphne, tokens["alice"]) as alice,
         open_stream(alice) as other,
     ):
-        token = create_token_user(live_project, own_redis.url)
-        with api(daphne, token) as client, open_stream(client) as stream:
-            assert stream.take_all(2)[1].comment == "connected"
+        missed, live = (create_token_user(live_project, own_redis.url) for _ in range(2))
+        with (
+            api(daphne, missed) as missed_client,
+            open_stream(missed_client) as missed_stream,
+            api(daphne, live) as live_client,
+            open_stream(live_client) as live_stream,
+        ):
+            assert missed_stream.take_all(2)[1].comment == "connected"
+            assert live_stream.take_all(2)[1].comment == "connected"
             # Until allowed again, Redis refuses the feed's SUBSCRIBE: it stays down.
             own_redis.command("ACL", "SETUSER", "default", "-subscribe")
             kill_pubsub_connections(own_redis)
-            deleted = live_project.manage(
-                "shell",
-                "-c",
-                "from rest_framework.authtoken.models import Token\n"
-                f"Token.objects.filter(key={token!r}).delete()",
-                REDIS_URL=own_redis.url,
-            )
-            assert deleted.returncode == 0, deleted.stderr
-            if not changes_kept:
-                assert own_redis.command("DEL", "events:access-changes") == "1"
+            if (command := SPOILERS[spoiler]) is not None:
+                own_redis.command(*command)
+            delete_token(live_project, own_redis.url, missed)
             own_redis.command("ACL", "SETUSER", "default", "+subscribe")
-            assert revoked_reason(stream, within=30) == "token-deleted"
+            assert revoked_reason(missed_stream, within=30) == "token-deleted"
+
+            delete_token(live_project, own_redis.url, live)
+            assert revoked_reason(live_stream) == "token-deleted"
         still_here = publish(staff, "still-here")
         assert [m.id for m in take_until(other, still_here)][-1] == still_here
-    assert ("rechecking every open stream" in daphne.log()) is not changes_kept
+    assert ("rechecking every open stream" in daphne.log()) is (spoiler != "kept")

@@ -14,6 +14,7 @@ that a process whose connection was down reads what it missed when it reconnects
 """
 
 import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Container, Iterable
 from typing import Any, cast
@@ -41,6 +42,8 @@ from .base import (
 )
 from .redis_feed import RedisFeed
 from .redis_slots import RedisStreamSlots
+
+logger = logging.getLogger(__name__)
 
 _PUBLISH = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
@@ -80,6 +83,8 @@ local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if newest[1] then return newest[1][1] end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'marker', '1')
 """
+# A starting point older than any entry: reading after it always finds a gap.
+_NO_ACCESS_CHANGE = "0-0"
 # Access changes are rare (a logout, a deleted token): this many cover any plausible time a
 # feed spends reconnecting; beyond it, a process rechecks every open stream.
 ACCESS_CHANGES_KEPT = 10_000
@@ -285,6 +290,11 @@ class RedisBroker(Broker):
         keys, args = [self._access_changes_key], [str(ACCESS_CHANGES_KEPT)]
         try:
             point = await self._run_script(self._newest_or_marker_script, keys, args)
+        except redis.ResponseError as error:
+            # The key holds something else (or Redis refuses writes): no starting point, so the
+            # next catch-up finds a gap and every open stream is rechecked.
+            logger.error("Access changes unreadable in %s: %s", self._access_changes_key, error)
+            return _NO_ACCESS_CHANGE
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Access changes unavailable: {error}") from error
         return str(point.decode())
@@ -304,6 +314,9 @@ class RedisBroker(Broker):
                         self._access_changes_key, start, "+", count=HISTORY_PAGE_SIZE + 1
                     ),
                 )
+            except redis.ResponseError as error:  # the key holds something else
+                logger.error("Access changes unreadable in %s: %s", self._access_changes_key, error)
+                raise HistoryGap(change_id) from error
             except redis.RedisError as error:
                 raise BrokerUnavailable(f"Access changes unavailable: {error}") from error
             # Inclusive of the anchor: finding it proves that nothing after it was trimmed.
@@ -355,7 +368,13 @@ class RedisBroker(Broker):
         keys = [self._access_changes_key]
         args = [str(ACCESS_CHANGES_KEPT), self.pubsub_channel(CONTROL), change.encode().decode()]
         try:
-            self._signal_access_change_script(keys=keys, args=args)
+            try:
+                self._signal_access_change_script(keys=keys, args=args)
+            except redis.ResponseError as error:
+                # The key holds something else (or Redis refuses writes): the processes
+                # connected now still get the change, without an id.
+                logger.error("Access change not kept in %s: %s", self._access_changes_key, error)
+                self._client.publish(self.pubsub_channel(CONTROL), change.encode())
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 
