@@ -274,7 +274,8 @@ def test_django_checks_and_types_pass(combination: tuple, baked, tmp_path: Path)
     manage(development, "makemigrations", "--check", "--dry-run")
     manage(production, "check", "--deploy", "--fail-level", "WARNING")
 
-    # Types, as the project configures mypy (pyproject.toml): strict on the events app.
+    # Types, as the project configures mypy (pyproject.toml): the application strictly, its tests
+    # and benchmark too.
     types = run(
         [str(python), "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache")],
         cwd=project,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -271,7 +271,7 @@ class RedisTarget:
     port: int
 
     def max_clients(self) -> int:
-        return int(self.client.config_get("maxclients")["maxclients"])
+        return int(cast(dict[str, str], self.client.config_get("maxclients"))["maxclients"])
 
 
 @contextlib.contextmanager
@@ -292,8 +292,11 @@ def redis_for_run(options: Options, work_dir: Path, prefix: str) -> Iterator[Red
     if options.broker != "redis":
         yield None
         return
-    server: Service | None = None if options.redis_url else start_redis(work_dir)
-    url = options.redis_url or f"redis://127.0.0.1:{server.port}/0"  # type: ignore[union-attr]
+    server: Service | None = None
+    url = options.redis_url
+    if not url:
+        server = start_redis(work_dir)
+        url = f"redis://127.0.0.1:{server.port}/0"
     client = redis.Redis.from_url(url, socket_timeout=10)
     try:
         port = int(client.connection_pool.connection_kwargs.get("port", 6379))

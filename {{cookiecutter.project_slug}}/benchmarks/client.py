@@ -17,7 +17,7 @@ import time
 from array import array
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 from .launcher import raise_open_file_limit
 from .procfs import own_cpu_seconds
@@ -355,9 +355,10 @@ class ClientPool:
         deadline = time.monotonic() + timeout
         while not all(self.phase_done):
             waiting = [c for c, done in zip(self.conns, self.phase_done, strict=True) if not done]
-            for conn in wait(waiting, timeout=max(0.0, deadline - time.monotonic())):
-                if conn.recv()[0] == "done":  # type: ignore[union-attr]
-                    self.phase_done[self.conns.index(conn)] = True  # type: ignore[arg-type]
+            for ready in wait(waiting, timeout=max(0.0, deadline - time.monotonic())):
+                conn = cast(Connection, ready)  # wait() returns what it was given
+                if conn.recv()[0] == "done":
+                    self.phase_done[self.conns.index(conn)] = True
             if time.monotonic() >= deadline:
                 return all(self.phase_done)
         return True

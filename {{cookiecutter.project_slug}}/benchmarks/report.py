@@ -185,7 +185,7 @@ def render_streams_table(streams: int, measurements: list[Measurement], rate: fl
     notes = [
         f"{m.system}: {m.skipped}" if m.skipped else f"{m.system}: PROBLEM: {problem}"
         for m in measurements
-        for problem in (m.problems or [None])
+        for problem in (m.problems or [""])
         if m.skipped or problem
     ]
     return "\n".join(_align(table) + notes)

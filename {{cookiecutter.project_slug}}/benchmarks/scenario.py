@@ -200,11 +200,9 @@ class Scenario:
     def warm_up(self, publish: Publisher) -> None:
         """Load the code paths once, so that the idle sample includes them and the streams don't;
         and check that the system delivers at all."""
+        assert self.server is not None
         accepted, errors = self.pool.open(
-            self.server.port,
-            self.requests(1),
-            1,
-            self.plan.phase_timeout,  # type: ignore[union-attr]
+            self.server.port, self.requests(1), 1, self.plan.phase_timeout
         )
         if not accepted:
             raise RuntimeError(f"the warm-up stream was refused: {errors}")

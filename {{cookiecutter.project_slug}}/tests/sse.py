@@ -31,7 +31,8 @@ class EventStream:
 
     def __iter__(self) -> Iterator[Message]:
         """Events and comments in order, until the server ends the stream."""
-        event, data, retry = Message(), [], None
+        event, retry = Message(), None
+        data: list[str] = []
         for line in self._lines:
             if not line:
                 if data:

@@ -248,7 +248,9 @@ def test_checking_the_limits_holds_no_redis_connection_per_stream(
 
     def connected() -> int:
         info = redis_service.command("INFO", "clients")
-        return int(re.search(r"connected_clients:(\d+)", info).group(1))  # type: ignore[union-attr]
+        found = re.search(r"connected_clients:(\d+)", info)
+        assert found, info
+        return int(found[1])
 
     with (
         daphne_server(live_project, tmp_path, **settings) as server,

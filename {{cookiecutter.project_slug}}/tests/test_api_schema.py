@@ -113,7 +113,7 @@ def test_every_documented_status_is_one_the_server_answers(
         # Publishing.
         events = "/api/events/"
         key = {"Idempotency-Key": "schema-test"}
-        for client, body, headers in (
+        for client, event, headers in (
             (staff, {"type": "one", "data": 1}, key),
             (staff, {"type": "one", "data": 1}, key),
             (staff, {"type": "one", "data": 2}, key),
@@ -122,7 +122,7 @@ def test_every_documented_status_is_one_the_server_answers(
             (alice, {"type": "one", "data": 1}, {}),
             (staff, {"type": "big", "data": "x" * 2000}, {}),
         ):
-            saw(events, "post", client.post(events, json=body, headers=headers))
+            saw(events, "post", client.post(events, json=event, headers=headers))
         for _ in range(PUBLISH_RATE):  # over the publish rate
             saw(events, "post", staff.post(events, json={"type": "many", "data": None}))
         for _ in range(STREAM_RATE):  # over the stream rate, which tickets share

@@ -7,7 +7,7 @@ Redis by another process too (``manage.py publish_event``), as a worker publishe
 """
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -40,7 +40,9 @@ def encodes(server: Daphne) -> dict[str, int]:
     return response.json()
 
 
-async def receive_on_every_stream(server: Daphne, token: str, publish_probe) -> int:  # type: ignore[no-untyped-def]
+async def receive_on_every_stream(
+    server: Daphne, token: str, publish_probe: Callable[[], object]
+) -> int:
     """Open STREAMS streams, publish once, and return how many streams received the event."""
     async with raw_streams(server, token, STREAMS) as readers:
         await asyncio.to_thread(publish_probe)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,6 +149,7 @@ def malformed_payload(rng: random.Random, channel: str, elsewhere: str) -> bytes
         shapes += [_json({"type": "no-data", **address}), _json({"data": 1, **address})]
         return rng.choice(shapes)
     if kind == 3:  # a field of the wrong type or value
+        value: object
         field, value = rng.choice(
             [
                 ("type", 5),
@@ -315,7 +317,8 @@ def test_fuzzed_redis_traffic_never_reaches_clients_or_stops_the_feed(
         skipped_before = metrics(staff)["malformed"]
 
         # The plan: good events, Pub/Sub messages and history entries, in a seeded random order.
-        actions: list[tuple[str, object]] = [("good", n) for n in range(60)]
+        # ("good", serial), ("hostile", Hostile) or ("history", entry fields)
+        actions: list[tuple[str, Any]] = [("good", n) for n in range(60)]
         for serial in range(320):
             if rng.random() < 0.1:
                 actions.append(("hostile", Hostile(rng.choice(unsubscribed), rng.randbytes(20))))

@@ -62,7 +62,8 @@ def unreachable_database(django_db_blocker, monkeypatch: pytest.MonkeyPatch) -> 
     unreachable = type(working)(
         {**working.settings_dict, "NAME": "/nonexistent/directory/db.sqlite3"}, "default"
     )
-    monkeypatch.setattr(connections._connections, "default", unreachable)
+    # Django keeps its connections in a private Local: no public API swaps one in.
+    monkeypatch.setattr(connections._connections, "default", unreachable)  # type: ignore[attr-defined]
     with django_db_blocker.unblock():
         yield
     unreachable.close()

@@ -22,11 +22,13 @@ def test_reconnects_miss_nothing_and_repeat_nothing_while_events_flow(
         api(server, live_project.tokens["alice"]) as alice,
     ):
         with open_stream(alice) as stream:
-            flow = threading.Thread(
-                target=lambda: [
-                    (publish(publisher, "tick", n), time.sleep(0.002)) for n in range(EVENT_COUNT)
-                ]
-            )
+
+            def publish_ticks() -> None:
+                for n in range(EVENT_COUNT):
+                    publish(publisher, "tick", n)
+                    time.sleep(0.002)
+
+            flow = threading.Thread(target=publish_ticks)
             flow.start()
             received = stream.take(30)
         time.sleep(0.2)  # events keep flowing while the client is away

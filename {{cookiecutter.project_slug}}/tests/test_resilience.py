@@ -6,6 +6,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -28,7 +30,11 @@ from .sse import open_stream
 pytestmark = pytest.mark.timeout(120)
 
 
-def wait_until(condition, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+Value = TypeVar("Value")
+
+
+def wait_until(condition: Callable[[], Value], timeout: float = 10.0) -> Value:
+    """What ``condition()`` returned once true, or the last falsy value after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

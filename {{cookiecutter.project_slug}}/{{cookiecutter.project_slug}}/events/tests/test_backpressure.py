@@ -5,6 +5,7 @@ against a real server (every stream test goes through them; tests/test_resilienc
 import asyncio
 import contextlib
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from ..backpressure import ClientTooSlow, StreamSend, TwistedTransport
 
 
 def test_a_send_that_never_completes_cuts_the_client_off() -> None:
-    async def blocked(message: dict[str, Any]) -> None:
+    async def blocked(message: Mapping[str, Any]) -> None:
         await asyncio.Event().wait()  # a client that reads nothing, on a server that waits
 
     async def scenario() -> None:
@@ -27,9 +28,9 @@ def test_a_send_that_never_completes_cuts_the_client_off() -> None:
 
 
 def test_sends_that_complete_pass_through_in_order() -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[Mapping[str, Any]] = []
 
-    async def record(message: dict[str, Any]) -> None:
+    async def record(message: Mapping[str, Any]) -> None:
         await asyncio.sleep(0.01)
         sent.append(message)
 

@@ -352,6 +352,7 @@ def stream_parts(draw: st.DrawFn) -> tuple[bytes, tuple[str, str | None, str] | 
     if kind == "comment":
         return encode_comment(draw(data_texts)), None
     data = draw(data_texts)
+    event_type: str | None
     if kind == "Event.wire":
         event_type, event_id = draw(event_types), draw(st.none() | event_ids)
         wire = Event(type=event_type, data=data, channel="broadcast", id=event_id).wire

@@ -1,6 +1,7 @@
 """The stream request's setup, inside the process: one trip to the sync thread, not one per hook."""
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ def test_the_middleware_and_the_view_run_in_one_trip_to_the_sync_thread(
         return await call(self, *args, **kwargs)
 
     monkeypatch.setattr(sync.SyncToAsync, "__call__", counted)
-    sent: list[dict[str, Any]] = []
+    sent: list[Mapping[str, Any]] = []
 
     async def scenario() -> None:
         requested = False
@@ -49,7 +50,7 @@ def test_the_middleware_and_the_view_run_in_one_trip_to_the_sync_thread(
             await asyncio.Event().wait()  # the client stays connected
             raise AssertionError("unreachable")
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Mapping[str, Any]) -> None:
             sent.append(message)
 
         await EventStreamHandler()(SCOPE, receive, send)
