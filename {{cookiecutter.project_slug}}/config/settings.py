@@ -97,6 +97,19 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
+# PostgreSQL: each process keeps a pool of connections, rather than opening one for every request
+# (a new server process on PostgreSQL's side, and its authentication, per request and per stream
+# accepted). Persistent connections (CONN_MAX_AGE) are no option under ASGI, where a request's
+# sync code runs in a thread of its own; Django documents a pool for it. 0 turns the pool off.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=4)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        # A request waits this long for a connection while all are in use (or while the database
+        # is unreachable), then fails: /readyz must answer within its probes' timeouts (3 s).
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=2.0),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -59,8 +59,12 @@ def test_readyz_names_an_unreachable_broker(client: Client, settings) -> None:
 def unreachable_database(django_db_blocker, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The default database replaced by one that cannot be reached: its name leads nowhere."""
     working = connections["default"]
+    # Without the pool (PostgreSQL's), which is shared by alias and would hand out a working
+    # connection.
+    options = {k: v for k, v in working.settings_dict["OPTIONS"].items() if k != "pool"}
     unreachable = type(working)(
-        {**working.settings_dict, "NAME": "/nonexistent/directory/db.sqlite3"}, "default"
+        {**working.settings_dict, "NAME": "/nonexistent/directory/db.sqlite3", "OPTIONS": options},
+        "default",
     )
     # Django keeps its connections in a private Local: no public API swaps one in.
     monkeypatch.setattr(connections._connections, "default", unreachable)  # type: ignore[attr-defined]

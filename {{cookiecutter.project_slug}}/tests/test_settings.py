@@ -125,6 +125,25 @@ def test_database_url_selects_postgresql(tmp_path: Path) -> None:
         "s3cret",
     )
     assert (database["HOST"], database["PORT"]) == ("db.internal", 5433)
+    # A few connections per process, shared by its requests.
+    assert database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 4, "timeout": 2.0}
+    assert database.get("CONN_MAX_AGE", 0) == 0  # what a pool requires
+
+
+def test_the_database_pool_can_be_sized_or_turned_off(tmp_path: Path) -> None:
+    url = "postgres://events:s3cret@db.internal:5433/events_db"
+
+    def database(**environment: str) -> dict[str, Any]:
+        directory = tmp_path / str(len(list(tmp_path.iterdir())))
+        settings = load_settings(directory, **PRODUCTION, DATABASE_URL=url, **environment)
+        return settings["DATABASES"]["default"]
+
+    sized = database(DATABASE_POOL_MAX_SIZE="12", DATABASE_POOL_TIMEOUT="2.5")
+    assert sized["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 12, "timeout": 2.5}
+    assert "pool" not in database(DATABASE_POOL_MAX_SIZE="0").get("OPTIONS", {})
+    # SQLite has no pool.
+    sqlite = load_settings(tmp_path / "sqlite", **PRODUCTION)["DATABASES"]["default"]
+    assert "pool" not in sqlite.get("OPTIONS", {})
 
 
 def test_redis_url_is_passed_through_and_empty_means_in_process(tmp_path: Path) -> None:
