@@ -151,6 +151,33 @@ class LiveProject:
             timeout=120,
         )
 
+    def create_token_user(self, **env: str) -> str:
+        """A new user, of the calling test only (which may take its access away); its token."""
+        created = self.manage(
+            "shell",
+            "-c",
+            "import secrets\n"
+            "from django.contrib.auth.models import User\n"
+            "from rest_framework.authtoken.models import Token\n"
+            "user = User.objects.create_user(f'user-{secrets.token_hex(4)}')\n"
+            "print(Token.objects.create(user=user).key)",
+            **env,
+        )
+        assert created.returncode == 0, created.stderr
+        return created.stdout.strip().splitlines()[-1]
+
+    def delete_token(self, token: str, **env: str) -> None:
+        """Deletes ``token`` in a process of its own, as an admin would; ``env`` names the Redis
+        (and prefix) where the servers hear of it."""
+        deleted = self.manage(
+            "shell",
+            "-c",
+            "from rest_framework.authtoken.models import Token\n"
+            f"Token.objects.filter(key={token!r}).delete()",
+            **env,
+        )
+        assert deleted.returncode == 0, deleted.stderr
+
 
 _CREATE_USERS = """
 import json

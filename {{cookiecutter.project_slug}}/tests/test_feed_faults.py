@@ -548,33 +548,6 @@ SPOILERS: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def create_token_user(project: LiveProject, redis_url: str) -> str:
-    """A new user's token (the tests below delete it)."""
-    created = project.manage(
-        "shell",
-        "-c",
-        "import secrets\n"
-        "from django.contrib.auth.models import User\n"
-        "from rest_framework.authtoken.models import Token\n"
-        "user = User.objects.create_user(f'feed-down-{secrets.token_hex(4)}')\n"
-        "print(Token.objects.create(user=user).key)",
-        REDIS_URL=redis_url,
-    )
-    assert created.returncode == 0, created.stderr
-    return created.stdout.strip().splitlines()[-1]
-
-
-def delete_token(project: LiveProject, redis_url: str, token: str) -> None:
-    deleted = project.manage(
-        "shell",
-        "-c",
-        "from rest_framework.authtoken.models import Token\n"
-        f"Token.objects.filter(key={token!r}).delete()",
-        REDIS_URL=redis_url,
-    )
-    assert deleted.returncode == 0, deleted.stderr
-
-
 @pytest.mark.parametrize("spoiler", SPOILERS)
 def test_a_token_deleted_while_the_feed_was_down_ends_its_streams_once_it_is_back(
     live_project: LiveProject, tmp_path: Path, spoiler: str
@@ -590,7 +563,7 @@ def test_a_token_deleted_while_the_feed_was_down_ends_its_streams_once_it_is_bac
         api(daphne, tokens["alice"]) as alice,
         open_stream(alice) as other,
     ):
-        missed, live = (create_token_user(live_project, own_redis.url) for _ in range(2))
+        missed, live = (live_project.create_token_user(REDIS_URL=own_redis.url) for _ in range(2))
         with (
             api(daphne, missed) as missed_client,
             open_stream(missed_client) as missed_stream,
@@ -604,11 +577,11 @@ def test_a_token_deleted_while_the_feed_was_down_ends_its_streams_once_it_is_bac
             kill_pubsub_connections(own_redis)
             if (command := SPOILERS[spoiler]) is not None:
                 own_redis.command(*command)
-            delete_token(live_project, own_redis.url, missed)
+            live_project.delete_token(missed, REDIS_URL=own_redis.url)
             own_redis.command("ACL", "SETUSER", "default", "+subscribe")
             assert revoked_reason(missed_stream, within=30) == "token-deleted"
 
-            delete_token(live_project, own_redis.url, live)
+            live_project.delete_token(live, REDIS_URL=own_redis.url)
             assert revoked_reason(live_stream) == "token-deleted"
         still_here = publish(staff, "still-here")
         assert [m.id for m in take_until(other, still_here)][-1] == still_here

@@ -183,27 +183,14 @@ def test_evictions_are_counted_by_reason(
 
 
 def test_a_revoked_stream_is_counted(server: Daphne, live_project: LiveProject) -> None:
-    created = live_project.manage(
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User\n"
-        "from rest_framework.authtoken.models import Token\n"
-        "user = User.objects.create_user('revoked-in-metrics')\n"
-        "print(Token.objects.create(user=user).key)",
-    )
-    assert created.returncode == 0, created.stderr
-    token = created.stdout.strip().splitlines()[-1]
+    token = live_project.create_token_user()
     before = scrape(server)
     with api(server, token) as client, open_stream(client) as stream:
-        deleted = live_project.manage(
-            "shell",
-            "-c",
-            "from rest_framework.authtoken.models import Token\n"
-            f"Token.objects.get(key={token!r}).delete()",
+        live_project.delete_token(
+            token,
             REDIS_URL=server.env["REDIS_URL"],
             EVENTS_REDIS_PREFIX=server.env["EVENTS_REDIS_PREFIX"],
         )
-        assert deleted.returncode == 0, deleted.stderr
         assert [event.event for event in stream.events()] == ["revoked"]
     wait_for(lambda: scrape(server)["events_streams_open"] == before["events_streams_open"])
     revoked = series("events_clients_evicted_total", reason="revoked")
