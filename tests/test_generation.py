@@ -4,6 +4,7 @@ import fnmatch
 import json
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -284,6 +285,10 @@ def test_django_checks_and_types_pass(combination: tuple, baked, tmp_path: Path)
     )
     assert types.stdout.startswith("Success: no issues found"), types.stdout
 
+    # The events app's layers and no import cycle (import-linter's contracts in pyproject.toml).
+    layers = run([str(python.with_name("lint-imports")), "--no-cache"], cwd=project, env=development)
+    assert "0 broken" in layers.stdout, layers.stdout
+
     output = manage(production, "shell", "-c", SMOKE_REQUESTS)
     answered = json.loads(output.strip().splitlines()[-1])
     assert answered["/healthz"] == [200, None]
@@ -294,6 +299,29 @@ def test_django_checks_and_types_pass(combination: tuple, baked, tmp_path: Path)
         assert answered["/"] == [302, "/accounts/login/?next=/"]
     else:
         assert answered["/"] == [302, "/admin/"]
+
+
+@pytest.mark.slow
+def test_an_import_against_the_layers_breaks_the_contracts(baked, tmp_path: Path) -> None:
+    """The contracts bite: a lower layer importing a higher one (the metrics reading the hub, the
+    cycle this layout removed) fails lint-imports, in the generated CI and `make lint`."""
+    project = baked()
+    python = project_python(project)
+    copy = tmp_path / project.name
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".venv", "__pycache__"))
+    metrics = copy / SLUG / "events" / "telemetry" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\nfrom ..delivery.hub import running_hubs  # noqa\n")
+    broken = subprocess.run(
+        [str(python.with_name("lint-imports")), "--no-cache"],
+        cwd=copy,
+        env=project_env(python, COLUMNS="200"),  # its report on one line per import
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert broken.returncode != 0
+    assert "BROKEN" in broken.stdout
+    assert f"{SLUG}.events.telemetry.metrics -> {SLUG}.events.delivery.hub" in broken.stdout
 
 
 def test_the_readme_states_the_numbers_of_cookiecutter_json() -> None:

@@ -2,7 +2,7 @@
 
 The generated nginx config in a real nginx, in front of two Daphne processes sharing one Redis;
 500 EventSource-like clients through nginx, and a publisher publishing through nginx the whole
-time. One Daphne gets SIGTERM. Its graceful shutdown (events/shutdown.py) must:
+time. One Daphne gets SIGTERM. Its graceful shutdown (events/delivery/shutdown.py) must:
 
 - exit within its grace period (plus what the interpreter takes to exit);
 - tell each of its clients, before their stream ends, to come back after a ``retry:`` drawn from

@@ -1,7 +1,7 @@
 """ASGI entry point: ``daphne config.asgi:application``.
 
 The event stream URL goes to a handler that holds no thread while it streams (see
-``{{ cookiecutter.project_slug }}.events.asgi``); every other request goes to Django as usual.
+``{{ cookiecutter.project_slug }}.events.delivery.handler``); every other request goes to Django as usual.
 """
 
 import os
@@ -13,6 +13,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Django must be set up before anything imports models.
 django_application = get_asgi_application()
 
-from {{ cookiecutter.project_slug }}.events.asgi import EventStreamRouter  # noqa: E402
+from {{ cookiecutter.project_slug }}.events.delivery.handler import EventStreamRouter  # noqa: E402
 
 application = EventStreamRouter(django_application)

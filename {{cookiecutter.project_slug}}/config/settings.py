@@ -245,7 +245,7 @@ EVENTS_CORS_ALLOWED_ORIGINS = env.list("EVENTS_CORS_ALLOWED_ORIGINS", default=[]
 # is denied unless EVENTS_TOPIC_AUTHORIZER allows it; staff.* topics are for staff only.
 EVENTS_PUBLIC_TOPICS = env.list("EVENTS_PUBLIC_TOPICS", default=[{% if cookiecutter.include_demo %}"demo"{% endif %}])
 # Who may read which topic: a dotted path to a function (see docs/events.md).
-EVENTS_TOPIC_AUTHORIZER = "{{ cookiecutter.project_slug }}.events.authorization.default_topic_authorizer"
+EVENTS_TOPIC_AUTHORIZER = "{{ cookiecutter.project_slug }}.events.access.topics.default_topic_authorizer"
 # Limits per user, over every process: open streams (0 = no limit), and new streams and publishes
 # per minute (DRF throttle rates such as "60/min"; empty = no limit). Over a limit: 429 with
 # Retry-After and a JSON reason.
@@ -269,7 +269,7 @@ if REDIS_URL:
     CACHES = {
         "default": {
             # Django's Redis cache, minus a client built per operation.
-            "BACKEND": "{{ cookiecutter.project_slug }}.events.redis_cache.RedisCache",
+            "BACKEND": "{{ cookiecutter.project_slug }}.events.broker.redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{EVENTS_REDIS_PREFIX}:cache",
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},

@@ -10,7 +10,7 @@ from django.views.generic import RedirectView
 {%- endif %}
 from drf_spectacular.views import SpectacularAPIView
 
-from {{ cookiecutter.project_slug }}.events.schema import ApiDocsView
+from {{ cookiecutter.project_slug }}.events.api.schema import ApiDocsView
 from {{ cookiecutter.project_slug }}.observability.metrics import metrics
 
 urlpatterns = [

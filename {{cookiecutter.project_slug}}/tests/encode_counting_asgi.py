@@ -28,7 +28,7 @@ def _counting(encode: Any) -> Any:
 
 def _wrap_encoders() -> None:
     package = apps.get_app_config("events").name
-    original = sys.modules[package + ".wire"].encode_event
+    original = sys.modules[package + ".core.wire"].encode_event
     counted = _counting(original)
     for name, module in list(sys.modules.items()):
         if name.startswith(package) and getattr(module, "encode_event", None) is original:

@@ -179,7 +179,7 @@ def test_event_settings_defaults(tmp_path: Path) -> None:
         "EVENTS_IDEMPOTENCY_SECONDS": 86400,
     }
     assert settings["EVENTS_TOPIC_AUTHORIZER"].endswith(
-        ".events.authorization.default_topic_authorizer"
+        ".events.access.topics.default_topic_authorizer"
     )
 
 

@@ -5,7 +5,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from ..events.permissions import PUBLISH_PERMISSION
+from ..events.api.permissions import PUBLISH_PERMISSION
 
 # Streams read by the page, besides the user's private events and broadcasts.
 DEMO_TOPIC = "demo"

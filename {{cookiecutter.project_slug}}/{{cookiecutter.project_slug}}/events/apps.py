@@ -9,6 +9,6 @@ class EventsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 (registers the settings checks)
-        from .revocation import connect_signals
+        from .access.signals import connect_signals
 
         connect_signals()

@@ -6,8 +6,8 @@ from typing import Any
 from django.core.checks import Error, register
 from django.utils.module_loading import import_string
 
+from .api.throttles import PublishRateThrottle, StreamRateThrottle
 from .conf import event_settings
-from .limits import PublishRateThrottle, StreamRateThrottle
 
 
 @register()

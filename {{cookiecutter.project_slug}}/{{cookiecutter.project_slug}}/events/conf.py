@@ -1,4 +1,6 @@
-"""The event stream's settings, read from Django settings (which read them from the environment)."""
+"""The event stream's settings, read from Django settings (which read them from the environment).
+
+Below every layer: any module may read them; this one imports nothing of the app."""
 
 from dataclasses import dataclass
 from functools import cache
@@ -37,36 +39,33 @@ class EventSettings:
 @cache
 def event_settings() -> EventSettings:
     """Read once: a stream's request asks several times, and reading them all costs about as
-    much as a Redis round trip. Read again when a test overrides a setting."""
+    much as a Redis round trip. Read again when a test overrides a setting.
+
+    Their defaults, and the environment variables that set them, are in ``config/settings.py``
+    only: a setting missing there is an error, not a second default."""
     return EventSettings(
-        redis_url=getattr(settings, "REDIS_URL", ""),
-        redis_prefix=getattr(settings, "EVENTS_REDIS_PREFIX", "events"),
-        history_length=getattr(settings, "EVENTS_HISTORY_LENGTH", 10_000),
-        heartbeat_seconds=getattr(settings, "EVENTS_HEARTBEAT_SECONDS", 15.0),
-        retry_milliseconds=getattr(settings, "EVENTS_RETRY_MILLISECONDS", 3_000),
-        max_payload_bytes=getattr(settings, "EVENTS_MAX_PAYLOAD_BYTES", 64 * 1024),
-        max_topics_per_stream=getattr(settings, "EVENTS_MAX_TOPICS_PER_STREAM", 16),
-        client_queue_size=getattr(settings, "EVENTS_CLIENT_QUEUE_SIZE", 1_000),
-        client_max_backlog_bytes=getattr(settings, "EVENTS_CLIENT_MAX_BACKLOG_BYTES", 1024 * 1024),
-        client_send_timeout_seconds=getattr(settings, "EVENTS_CLIENT_SEND_TIMEOUT_SECONDS", 10.0),
-        redis_health_check_seconds=getattr(settings, "EVENTS_REDIS_HEALTH_CHECK_SECONDS", 3.0),
-        shutdown_reconnect_window_seconds=getattr(
-            settings, "EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS", 10.0
-        ),
-        shutdown_grace_seconds=getattr(settings, "EVENTS_SHUTDOWN_GRACE_SECONDS", 3.0),
-        stream_max_seconds=getattr(settings, "EVENTS_STREAM_MAX_SECONDS", 3_600.0),
-        cors_allowed_origins=tuple(getattr(settings, "EVENTS_CORS_ALLOWED_ORIGINS", ())),
-        public_topics=tuple(getattr(settings, "EVENTS_PUBLIC_TOPICS", ())),
-        topic_authorizer=getattr(
-            settings,
-            "EVENTS_TOPIC_AUTHORIZER",
-            f"{__package__}.authorization.default_topic_authorizer",
-        ),
-        max_streams_per_user=getattr(settings, "EVENTS_MAX_STREAMS_PER_USER", 8),
-        stream_rate=getattr(settings, "EVENTS_STREAM_RATE", "60/min") or None,
-        publish_rate=getattr(settings, "EVENTS_PUBLISH_RATE", "600/min") or None,
-        ticket_seconds=getattr(settings, "EVENTS_TICKET_SECONDS", 30),
-        idempotency_seconds=getattr(settings, "EVENTS_IDEMPOTENCY_SECONDS", 86_400),
+        redis_url=settings.REDIS_URL,
+        redis_prefix=settings.EVENTS_REDIS_PREFIX,
+        history_length=settings.EVENTS_HISTORY_LENGTH,
+        heartbeat_seconds=settings.EVENTS_HEARTBEAT_SECONDS,
+        retry_milliseconds=settings.EVENTS_RETRY_MILLISECONDS,
+        max_payload_bytes=settings.EVENTS_MAX_PAYLOAD_BYTES,
+        max_topics_per_stream=settings.EVENTS_MAX_TOPICS_PER_STREAM,
+        client_queue_size=settings.EVENTS_CLIENT_QUEUE_SIZE,
+        client_max_backlog_bytes=settings.EVENTS_CLIENT_MAX_BACKLOG_BYTES,
+        client_send_timeout_seconds=settings.EVENTS_CLIENT_SEND_TIMEOUT_SECONDS,
+        redis_health_check_seconds=settings.EVENTS_REDIS_HEALTH_CHECK_SECONDS,
+        shutdown_reconnect_window_seconds=settings.EVENTS_SHUTDOWN_RECONNECT_WINDOW_SECONDS,
+        shutdown_grace_seconds=settings.EVENTS_SHUTDOWN_GRACE_SECONDS,
+        stream_max_seconds=settings.EVENTS_STREAM_MAX_SECONDS,
+        cors_allowed_origins=tuple(settings.EVENTS_CORS_ALLOWED_ORIGINS),
+        public_topics=tuple(settings.EVENTS_PUBLIC_TOPICS),
+        topic_authorizer=settings.EVENTS_TOPIC_AUTHORIZER,
+        max_streams_per_user=settings.EVENTS_MAX_STREAMS_PER_USER,
+        stream_rate=settings.EVENTS_STREAM_RATE or None,
+        publish_rate=settings.EVENTS_PUBLISH_RATE or None,
+        ticket_seconds=settings.EVENTS_TICKET_SECONDS,
+        idempotency_seconds=settings.EVENTS_IDEMPOTENCY_SECONDS,
     )
 
 

@@ -1,19 +1,27 @@
-"""Publishing events from Python: views, signals, workers, management commands."""
+"""Publishing: the one path every event takes to the broker, from Python (views, signals,
+workers), from the REST API (``api/views.py``) and from ``manage.py publish_event``.
+
+Each attempt is validated once (``core/event.make_draft``), published once (the broker's single
+script: with an idempotency key, at most once per key), and counted once in
+``events_published_total`` by how it ended: ``ok``, ``duplicate``, ``refused`` or
+``unavailable``. The API counts its own refusals before an event reaches this module
+(authentication, permission, rate, body) with ``count_refused``.
+"""
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from django.db import transaction
 
-from . import instruments
 from .broker import get_broker
-from .broker.base import Once
+from .broker.base import Once, Publication
 from .conf import event_settings
-from .event import Draft, Event, make_draft
+from .core.event import Draft, Event, make_draft
 from .exceptions import BrokerUnavailable, EventError
+from .telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +42,20 @@ def publish(
     event, ``IdempotencyConflict`` if ``key`` was used for another event, and
     ``BrokerUnavailable`` when it could not be stored (nothing is dropped silently).
     """
-    with counted_publish() as count:
-        draft = _draft(event_type, data, user, topic)
-        if key is None:
-            return get_broker().publish(draft)
-        publication = get_broker().publish_once(draft, _once(key))
-        count.replayed = publication.replayed
-        return publication.event
+    return publish_with_outcome(event_type, data, user=user, topic=topic, key=key).event
+
+
+def publish_with_outcome(
+    event_type: str,
+    data: Any = None,
+    *,
+    user: object = None,
+    topic: str | None = None,
+    key: str | None = None,
+) -> Publication:
+    """``publish``, telling also whether the event was published now or before under ``key``."""
+    with _counted() as count:
+        return count(get_broker().publish(_draft(event_type, data, user, topic), _once(key)))
 
 
 async def apublish(
@@ -52,13 +67,9 @@ async def apublish(
     key: str | None = None,
 ) -> Event:
     """``publish`` for async code."""
-    with counted_publish() as count:
+    with _counted() as count:
         draft = _draft(event_type, data, user, topic)
-        if key is None:
-            return await get_broker().apublish(draft)
-        publication = await get_broker().apublish_once(draft, _once(key))
-        count.replayed = publication.replayed
-        return publication.event
+        return count(await get_broker().apublish(draft, _once(key))).event
 
 
 def publish_on_commit(
@@ -77,39 +88,39 @@ def publish_on_commit(
     to publish after the commit can no longer reach the caller: it is logged.
     """
     draft = _draft(event_type, data, user, topic)
-    once = None if key is None else _once(key)
-    transaction.on_commit(functools.partial(_publish_committed, draft, once), using=using)
+    transaction.on_commit(functools.partial(_publish_committed, draft, _once(key)), using=using)
 
 
 def _publish_committed(draft: Draft, once: Once | None) -> None:
     try:
-        with counted_publish() as count:
-            if once is None:
-                get_broker().publish(draft)
-            else:
-                count.replayed = get_broker().publish_once(draft, once).replayed
+        with _counted() as count:
+            count(get_broker().publish(draft, once))
     except EventError:
         logger.exception("An event of a committed transaction was not published: %s", draft.type)
 
 
-class _PublishCount:
-    replayed = False
+def count_refused() -> None:
+    """Count a publish refused before it reached this module (by the API's checks)."""
+    metrics.published.labels("refused").inc()
 
 
 @contextmanager
-def counted_publish() -> Iterator[_PublishCount]:
-    """Count one publish in ``events_published_total`` by how it ends (set ``replayed`` when an
-    idempotency key was seen before)."""
-    count = _PublishCount()
+def _counted() -> Iterator[Callable[[Publication], Publication]]:
+    """Count one publish by how it ends: ``count(publication)`` for one that reached the broker,
+    or the error it raised."""
     try:
-        yield count
+        yield _count_published
     except BrokerUnavailable:
-        instruments.published.labels("unavailable").inc()
+        metrics.published.labels("unavailable").inc()
         raise
     except EventError:
-        instruments.published.labels("refused").inc()
+        count_refused()
         raise
-    instruments.published.labels("duplicate" if count.replayed else "ok").inc()
+
+
+def _count_published(publication: Publication) -> Publication:
+    metrics.published.labels("duplicate" if publication.replayed else "ok").inc()
+    return publication
 
 
 def _draft(event_type: str, data: Any, user: object, topic: str | None) -> Draft:
@@ -117,5 +128,5 @@ def _draft(event_type: str, data: Any, user: object, topic: str | None) -> Draft
     return make_draft(event_type, data, user=user, topic=topic, max_payload_bytes=max_payload_bytes)
 
 
-def _once(key: str) -> Once:
-    return Once(key, event_settings().idempotency_seconds)
+def _once(key: str | None) -> Once | None:
+    return None if key is None else Once(key, event_settings().idempotency_seconds)

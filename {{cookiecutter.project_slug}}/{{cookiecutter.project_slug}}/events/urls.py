@@ -1,7 +1,12 @@
 from django.urls import path
 
-from .metrics import StreamMetricsView
-from .views import EventStreamView, PublishEventView, StreamTicketView, events_client
+from .api.views import (
+    EventStreamView,
+    PublishEventView,
+    StreamMetricsView,
+    StreamTicketView,
+    events_client,
+)
 
 app_name = "events"
 

@@ -11,10 +11,10 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
-from ..events import shutdown
 from ..events.broker import get_broker
+from ..events.delivery.shutdown import process_shutdown
+from ..events.delivery.stats import feed_problems
 from ..events.exceptions import BrokerUnavailable
-from ..events.hub import running_hubs
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ class NotReady(Exception):
 
 def check_feed() -> None:
     """This process's live subscription delivers (a process without streams has none yet)."""
-    problems = [problem for _, hub in running_hubs() if (problem := hub.problem())]
+    problems = feed_problems()
     if problems:
         raise NotReady("; ".join(problems))
 
 
 def check_accepting() -> None:
-    if shutdown.is_draining():
+    if process_shutdown().draining:
         raise NotReady("shutting down")
 
 

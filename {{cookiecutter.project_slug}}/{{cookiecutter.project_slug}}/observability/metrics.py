@@ -23,7 +23,7 @@ from prometheus_client.exposition import choose_encoder
 
 # The engine's metrics register themselves on import; /metrics must expose them even in a
 # process that has not served a stream yet.
-from ..events.instruments import HUB_STATE
+from ..events.delivery.stats import HUB_STATE
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -1,4 +1,11 @@
-"""The configured broker: Redis when ``REDIS_URL`` is set, otherwise one inside this process."""
+"""The broker: stores events with ids in a bounded history and carries them to every process.
+
+``get_broker()`` is the configured one: Redis when ``REDIS_URL`` is set (``redis/``), otherwise
+one inside this process (``memory.py``). ``base.py`` is the contract both keep, and ``slots.py``
+the open-streams limit both count.
+
+Imports ``core``, ``telemetry``, ``conf`` and ``exceptions``; nothing of the layers above.
+"""
 
 from functools import lru_cache
 
@@ -7,8 +14,9 @@ from django.conf import settings as django_settings
 from ..conf import event_settings
 from .base import Broker
 from .memory import InMemoryBroker
-from .redis import RedisBroker
-from .signing import signing_keys
+from .redis.broker import RedisBroker
+from .redis.connection import RedisConnection
+from .redis.signing import signing_keys
 
 __all__ = ["Broker", "get_broker"]
 
@@ -36,7 +44,7 @@ def _broker(
 ) -> Broker:
     # Cached per configuration: one broker (and one set of connections) per process.
     if redis_url:
-        return RedisBroker(
+        connection = RedisConnection(
             redis_url,
             prefix=prefix,
             history_length=history_length,
@@ -44,4 +52,5 @@ def _broker(
             health_check_seconds=health_check_seconds,
             signing_keys=id_signing_keys,
         )
+        return RedisBroker(connection)
     return InMemoryBroker(history_length)

@@ -1,7 +1,7 @@
 """What a broker does: store events with ids in a bounded history and carry them to every process.
 
-Two implementations: ``RedisBroker`` (any number of processes and hosts) and ``InMemoryBroker``
-(one process; the embedded default when ``REDIS_URL`` is unset).
+Two implementations: ``RedisBroker`` (``redis/``: any number of processes and hosts) and
+``InMemoryBroker`` (``memory.py``: one process; the embedded default when ``REDIS_URL`` is unset).
 """
 
 import hashlib
@@ -11,8 +11,12 @@ from collections.abc import AsyncIterator, Container, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..event import Draft, Event
+from ..core.event import Draft, Event
 from .slots import StreamSlots
+
+# History is read in pages of this many entries, the next page only once the reader took the
+# last: a resuming client holds at most one page (20 x EVENTS_MAX_PAYLOAD_BYTES) in memory.
+HISTORY_PAGE_SIZE = 20
 
 
 class HistoryGap(Exception):
@@ -23,7 +27,7 @@ class HistoryGap(Exception):
 class AccessChange:
     """A control message to every process: recheck the open streams of ``user`` (a primary key).
 
-    ``credential`` (a fingerprint, see access.py) names a session or token that no longer
+    ``credential`` (a fingerprint, see access/credentials.py) names a session or token that no longer
     authenticates: streams opened with it end at once, for ``reason``, without asking the
     database (which may not know yet). Kept apart from event history, for the processes that were
     disconnected when it was sent; forging one can only make streams recheck their access.
@@ -112,19 +116,15 @@ class Broker(ABC):
     stream_slots: StreamSlots  # the open streams of each user, over every process of this broker
 
     @abstractmethod
-    def publish(self, draft: Draft) -> Event:
-        """Store and deliver an event; returns it with its id. Raises BrokerUnavailable."""
+    def publish(self, draft: Draft, once: Once | None = None) -> Publication:
+        """Store and deliver an event, with its new id; raises BrokerUnavailable.
+
+        With ``once``: unless ``once.key`` published an event within ``once.seconds``; then that
+        event, replayed, and nothing is published. Raises IdempotencyConflict if that was another
+        event."""
 
     @abstractmethod
-    async def apublish(self, draft: Draft) -> Event: ...
-
-    @abstractmethod
-    def publish_once(self, draft: Draft, once: Once) -> Publication:
-        """``publish``, unless ``once.key`` published an event within ``once.seconds``: then
-        that event, replayed. Raises IdempotencyConflict if that was another event."""
-
-    @abstractmethod
-    async def apublish_once(self, draft: Draft, once: Once) -> Publication: ...
+    async def apublish(self, draft: Draft, once: Once | None = None) -> Publication: ...
 
     @abstractmethod
     def history_after(

@@ -11,10 +11,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable
 
-from ..channels import RESET_MARKER
-from ..event import Draft, Event, parse_event_id
+from ..core.channels import RESET_MARKER
+from ..core.event import Draft, Event, parse_event_id
 from ..exceptions import IdempotencyConflict
 from .base import (
+    HISTORY_PAGE_SIZE,
     AccessChange,
     Broker,
     Feed,
@@ -26,57 +27,54 @@ from .base import (
 )
 from .slots import MemoryStreamSlots
 
-# Replay hands out history in pages of this many events, yielding to the event loop in between.
-HISTORY_PAGE_SIZE = 50
-
 
 class InMemoryBroker(Broker):
     def __init__(self, history_length: int) -> None:
         self._history: deque[Event] = deque(maxlen=max(history_length, 1))
-        # publish() may run in a worker thread (sync views) while feeds live on the event loop;
-        # reentrant: publish_once() publishes under it.
-        self._lock = threading.RLock()
+        # publish() may run in a worker thread (sync views) while feeds live on the event loop.
+        self._lock = threading.Lock()
         self._last_id = (0, 0)
         self._feeds: set[_MemoryFeed] = set()
         self.stream_slots = MemoryStreamSlots()
         # Idempotency keys seen: digest -> (event id, envelope digest, expiry), oldest first.
         self._seen: dict[str, tuple[str, str, float]] = {}
 
-    def publish(self, draft: Draft) -> Event:
-        with self._lock:
+    def publish(self, draft: Draft, once: Once | None = None) -> Publication:
+        with self._lock:  # reentrant: one publish with its idempotency key, atomically
+            if once is not None:
+                seen = self._seen_before(draft, once)
+                if seen is not None:
+                    return seen
             event = draft.with_id(self._next_id())
             self._history.append(event)
             # Scheduled under the lock, so feeds see events in id order whatever thread publishes.
             for feed in self._feeds:
                 feed.deliver_threadsafe(event)
-        return event
+            if once is not None:
+                assert event.id is not None  # published events have ids
+                expiry = time.monotonic() + once.seconds
+                self._seen[once.digest] = (event.id, envelope_digest(draft), expiry)
+        return Publication(event, replayed=False)
 
-    async def apublish(self, draft: Draft) -> Event:
-        return self.publish(draft)
+    async def apublish(self, draft: Draft, once: Once | None = None) -> Publication:
+        return self.publish(draft, once)
 
-    def publish_once(self, draft: Draft, once: Once) -> Publication:
+    def _seen_before(self, draft: Draft, once: Once) -> Publication | None:
+        """The event ``once.key`` published, if it did within ``once.seconds``."""
         now = time.monotonic()
-        with self._lock:
-            while self._seen:  # expired keys go, oldest first (insertion order = expiry order)
-                oldest = next(iter(self._seen))
-                if self._seen[oldest][2] > now:
-                    break
-                del self._seen[oldest]
-            seen = self._seen.get(once.digest)
-            if seen is not None:
-                if seen[1] != envelope_digest(draft):
-                    raise IdempotencyConflict(
-                        "This idempotency key was used for another event: use a new key for a "
-                        "new event."
-                    )
-                return Publication(draft.with_id(seen[0]), replayed=True)
-            event = self.publish(draft)
-            assert event.id is not None  # published events have ids
-            self._seen[once.digest] = (event.id, envelope_digest(draft), now + once.seconds)
-            return Publication(event, replayed=False)
-
-    async def apublish_once(self, draft: Draft, once: Once) -> Publication:
-        return self.publish_once(draft, once)
+        while self._seen:  # expired keys go, oldest first (insertion order = expiry order)
+            oldest = next(iter(self._seen))
+            if self._seen[oldest][2] > now:
+                break
+            del self._seen[oldest]
+        seen = self._seen.get(once.digest)
+        if seen is None:
+            return None
+        if seen[1] != envelope_digest(draft):
+            raise IdempotencyConflict(
+                "This idempotency key was used for another event: use a new key for a new event."
+            )
+        return Publication(draft.with_id(seen[0]), replayed=True)
 
     async def history_after(
         self, event_id: str | None, channels: Container[str] | None = None

@@ -1,14 +1,16 @@
 """How many streams each user has open, over every process: the per-user stream limit.
 
 A stream takes a slot when it is accepted (``acquire``, in the view) and gives it back when it
-ends (``hold``, around the stream). With Redis, slots are leases that the process holding them
-renews: the slots of a process that crashed expire within ``LEASE_SECONDS`` instead of counting
-forever. In one process (no Redis) a slot is a count in memory.
+ends (``hold``, around the stream). A slot is a lease: one that no stream holds (its stream never
+started: the client left while the view ran) expires after ``LEASE_SECONDS``. With Redis, the
+process holding slots renews them, so that the slots of a process that crashed expire too instead
+of counting forever (``redis/slots.py``). In one process (no Redis) they are kept in memory.
 """
 
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -36,27 +38,40 @@ class StreamSlots(ABC):
 
 
 class MemoryStreamSlots(StreamSlots):
-    def __init__(self) -> None:
+    """Slots in this process's memory. Taken, a slot is a lease of ``LEASE_SECONDS``, as in
+    Redis; held by its stream, it lasts as long as the stream (the process holding it is this
+    one, alive)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()  # acquired in request threads, released on the event loop
-        self._open: dict[str, int] = {}
+        self._clock = clock
+        # Per user, each slot's expiry, or None while its stream holds it.
+        self._slots: dict[str, dict[str, float | None]] = {}
         self._serial = 0
 
     def acquire(self, user: str, limit: int) -> Slot | None:
         with self._lock:
-            if self._open.get(user, 0) >= limit:
+            now = self._clock()
+            slots = self._slots.setdefault(user, {})
+            for name, expiry in list(slots.items()):
+                if expiry is not None and expiry <= now:  # taken by a stream that never started
+                    del slots[name]
+            if len(slots) >= limit:
                 return None
-            self._open[user] = self._open.get(user, 0) + 1
             self._serial += 1
-            return Slot(user, str(self._serial))
+            slot = Slot(user, str(self._serial))
+            slots[slot.name] = now + LEASE_SECONDS
+            return slot
 
     @asynccontextmanager
     async def hold(self, slot: Slot) -> AsyncIterator[None]:
+        with self._lock:
+            self._slots.setdefault(slot.user, {})[slot.name] = None
         try:
             yield
         finally:
             with self._lock:
-                left = self._open.get(slot.user, 1) - 1
-                if left > 0:
-                    self._open[slot.user] = left
-                else:
-                    self._open.pop(slot.user, None)
+                slots = self._slots.get(slot.user, {})
+                slots.pop(slot.name, None)
+                if not slots:
+                    self._slots.pop(slot.user, None)

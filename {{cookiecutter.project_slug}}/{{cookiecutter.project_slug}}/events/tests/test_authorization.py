@@ -16,8 +16,8 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from .. import revocation
-from ..authorization import default_topic_authorizer, denied_topics
+from ..access import signals
+from ..access.topics import default_topic_authorizer, denied_topics
 
 
 def orders_for_permission_holders(user: AbstractBaseUser | AnonymousUser, topic: str) -> bool:
@@ -61,7 +61,7 @@ def rechecked(
 
     def run(change: Callable[[], object]) -> set[str]:
         users: set[str] = set()
-        monkeypatch.setattr(revocation, "recheck_streams", lambda user, **_: users.add(str(user)))
+        monkeypatch.setattr(signals, "recheck_streams", lambda user, **_: users.add(str(user)))
         with django_capture_on_commit_callbacks(execute=True):
             change()
         return users

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ..backpressure import ClientTooSlow, StreamSend, TwistedTransport
+from ..delivery.daphne import ClientTooSlow, StreamSend, TwistedTransport
 
 
 def test_a_send_that_never_completes_cuts_the_client_off() -> None:

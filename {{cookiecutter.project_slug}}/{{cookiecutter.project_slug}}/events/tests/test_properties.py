@@ -18,10 +18,10 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..channels import TOPIC_NAME
-from ..event import EVENT_TYPE, RESET_TYPE, Event, parse_envelope, parse_event_id
+from ..core.channels import NAME
+from ..core.event import RESET_TYPE, Event, parse_envelope, parse_event_id
+from ..core.wire import HEARTBEAT, encode_comment, encode_event
 from ..exceptions import EventError, InvalidEvent, InvalidEventId
-from ..wire import HEARTBEAT, encode_comment, encode_event
 
 # The same examples on every run, nothing stored between runs, a bounded count: fit for CI.
 PROPERTIES = settings(
@@ -73,8 +73,8 @@ TRICKY = st.sampled_from(list("\r\n\0 :\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\ufef
 # Lone surrogates included: a JSON "\ud800" decodes to one, and Redis may hold any bytes.
 ANY_CHARACTER = st.characters(exclude_categories=())
 any_text = st.text(st.one_of(TRICKY, ANY_CHARACTER), max_size=40)
-event_types = st.from_regex(EVENT_TYPE, fullmatch=True)
-topics = st.from_regex(TOPIC_NAME, fullmatch=True)
+event_types = st.from_regex(NAME, fullmatch=True)
+topics = event_types  # one alphabet for both
 event_ids = st.builds("{}-{}".format, st.integers(0, MAX_ID_PART), st.integers(0, MAX_ID_PART))
 
 # JSON text with what a JSON serializer never writes but a message on Redis may hold: Python's
@@ -240,7 +240,7 @@ def assert_consistent(
     envelope = json.loads(raw)
     assert event.id == event_id  # from the history entry, never from the envelope's "id"
     assert event.type == envelope["type"]
-    assert EVENT_TYPE.fullmatch(event.type)
+    assert NAME.fullmatch(event.type)
     assert event.type != RESET_TYPE
     user, topic = envelope.get("user"), envelope.get("topic")
     if user is not None:
@@ -248,7 +248,7 @@ def assert_consistent(
         assert topic is None
         assert event.channel == f"user.{user}"
     elif topic is not None:
-        assert TOPIC_NAME.fullmatch(topic)
+        assert NAME.fullmatch(topic)
         assert event.channel == f"topic.{topic}"
     else:
         assert event.channel == "broadcast"

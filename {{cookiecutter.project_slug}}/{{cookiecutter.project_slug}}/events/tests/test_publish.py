@@ -11,9 +11,9 @@ from tests.services import RedisServer, redis_server
 
 from ..broker import get_broker
 from ..broker.base import AccessChange, Feed
-from ..event import Event
+from ..core.event import Event
+from ..delivery.hub import Hub, Reset, Subscriber
 from ..exceptions import BrokerUnavailable
-from ..hub import Hub, Reset, Subscriber
 from ..publish import apublish, publish
 
 

@@ -12,9 +12,9 @@ from rest_framework.test import APIClient
 
 from tests.services import RedisServer, redis_server
 
+from .. import apublish, publish, publish_on_commit  # the app's public API
 from ..broker import get_broker
 from ..exceptions import IdempotencyConflict
-from ..publish import apublish, publish, publish_on_commit
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ from django.test import override_settings
 
 from ..broker import get_broker
 from ..conf import event_settings
-from ..hub import get_hub
-from ..stream import event_stream
+from ..delivery.hub import get_hub
+from ..delivery.stream import EventStream
 
 
 def test_nothing_is_sent_before_the_client_is_subscribed_and_closing_unsubscribes() -> None:
     """Daphne sends the headers with the first chunk: a browser's "open" must mean subscribed."""
 
     async def scenario() -> tuple[bytes, int, int]:
-        stream = event_stream(frozenset({"broadcast"}), None, event_settings())
+        stream = aiter(EventStream(frozenset({"broadcast"}), None, event_settings()))
         first_chunk = await anext(stream)
         subscribed_then = get_hub().subscriber_count
         await stream.aclose()  # what a client disconnect does
@@ -39,7 +39,7 @@ def test_an_unexpected_error_mid_stream_ends_it_with_a_comment_and_a_log_line(
 
     async def scenario() -> list[bytes]:
         monkeypatch.setattr(get_broker(), "history_after", broken_history)
-        stream = event_stream(frozenset({"broadcast"}), "1-0", event_settings())
+        stream = EventStream(frozenset({"broadcast"}), "1-0", event_settings())
         return [chunk async for chunk in stream]
 
     with override_settings(REDIS_URL=""):

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from asgiref import sync
 
-from ..asgi import EventStreamHandler
+from ..delivery.handler import EventStreamHandler
 
 SCOPE = {
     "type": "http",

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ..event import make_draft, parse_envelope, parse_event_id
+from ..core.event import make_draft, parse_envelope, parse_event_id
+from ..core.wire import HEARTBEAT, encode_comment, encode_event, encode_retry
 from ..exceptions import EventTooLarge, InvalidEvent, InvalidEventId
-from ..wire import HEARTBEAT, encode_comment, encode_event, encode_retry
 
 
 def test_each_line_of_data_gets_its_own_data_field() -> None:

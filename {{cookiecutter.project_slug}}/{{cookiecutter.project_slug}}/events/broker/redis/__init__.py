@@ -1,0 +1,7 @@
+"""The Redis broker: history in capped Redis streams, live delivery over Pub/Sub.
+
+``connection.py`` holds what the others share (keys, clients, scripts, the history pager),
+``history.py`` reads history, ``broker.py`` publishes, ``feed.py`` is a process's one Pub/Sub
+connection, ``slots.py`` the open-streams limit, ``signing.py`` the ids the publish script signs,
+and ``cache.py`` Django's Redis cache for the rate limits.
+"""

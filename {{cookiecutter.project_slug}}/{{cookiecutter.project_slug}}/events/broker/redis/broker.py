@@ -1,0 +1,149 @@
+"""The Redis broker: history in a capped Redis stream, live delivery over Pub/Sub.
+
+Publishing runs one Lua script that appends the event to the stream (XADD with MAXLEN) and
+publishes it with its new id, atomically: Pub/Sub order is history order, so a client can switch
+from replay to live delivery without a gap or a duplicate. The script publishes
+``<id> <signature>\\n<envelope>`` (see ``signing.py``); a message that is a bare envelope
+(published by another service) has no id. With an idempotency key, the same script first looks
+the key up, and records it with the id it publishes.
+
+Each process opens one Pub/Sub connection, shared by all of its clients (``feed.py``).
+
+Access changes (``access/revocation.py``) take the same path on a second, smaller stream: a script
+appends each to ``<prefix>:access-changes`` and publishes ``<id>\\n<change>`` on the control
+channel, so that a process whose connection was down reads what it missed when it reconnects
+(``history.py``).
+"""
+
+import logging
+from collections.abc import AsyncIterator, Container, Iterable
+from typing import Any
+
+import redis
+
+from ...core.channels import CONTROL
+from ...core.event import Draft, Event
+from ...exceptions import BrokerUnavailable, IdempotencyConflict
+from ..base import AccessChange, Broker, Feed, FeedSink, Once, Publication, envelope_digest
+from .connection import RedisConnection
+from .feed import RedisFeed
+from .history import ACCESS_CHANGES_KEPT, RedisHistory
+from .slots import RedisStreamSlots
+
+logger = logging.getLogger(__name__)
+
+# KEYS[2], when given, is an idempotency key: if it was seen, what it recorded ("<id> <envelope
+# digest>") is returned and nothing is published; otherwise it records the new id.
+_PUBLISH = """
+if KEYS[2] then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then return {0, seen} end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'channel', ARGV[4], 'envelope', ARGV[3])
+redis.call('PUBLISH', ARGV[2], id .. ' ' .. redis.sha1hex(ARGV[5] .. id) .. '\\n' .. ARGV[3])
+if KEYS[2] then redis.call('SET', KEYS[2], id .. ' ' .. ARGV[7], 'EX', ARGV[6]) end
+return {1, id}
+"""
+# Access changes: appended to their own capped stream, and published with their id.
+_SIGNAL_ACCESS_CHANGE = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'change', ARGV[3])
+redis.call('PUBLISH', ARGV[2], id .. '\\n' .. ARGV[3])
+return id
+"""
+
+
+class RedisBroker(Broker):
+    def __init__(self, connection: RedisConnection) -> None:
+        self.connection = connection
+        self.history = RedisHistory(connection)
+        self.stream_slots = RedisStreamSlots(connection)
+        self._publish_script = connection.script(_PUBLISH)
+        self._signal_access_change_script = connection.script(_SIGNAL_ACCESS_CHANGE)
+
+    def _publish_args(self, draft: Draft, once: Once | None) -> tuple[list[str], list[str | int]]:
+        keys = [self.history.key]
+        args: list[str | int] = [
+            self.connection.history_length,
+            self.connection.pubsub_channel(draft.channel),
+            draft.envelope,
+            draft.channel,
+            self.connection.signing_keys[0],
+        ]
+        if once is not None:
+            keys.append(self.connection.key("idempotency", once.digest))
+            args += [once.seconds, envelope_digest(draft)]
+        return keys, args
+
+    def publish(self, draft: Draft, once: Once | None = None) -> Publication:
+        keys, args = self._publish_args(draft, once)
+        try:
+            reply = self._publish_script(keys=keys, args=args)
+        except redis.RedisError as error:
+            raise _not_published(error) from error
+        return _publication(draft, reply)
+
+    async def apublish(self, draft: Draft, once: Once | None = None) -> Publication:
+        keys, args = self._publish_args(draft, once)
+        try:
+            reply = await self.connection.run(self._publish_script, keys, args)
+        except redis.RedisError as error:
+            raise _not_published(error) from error
+        return _publication(draft, reply)
+
+    def history_after(
+        self, event_id: str | None, channels: Container[str] | None = None
+    ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
+        return self.history.history_after(event_id, channels)
+
+    async def latest_event_id(self) -> str | None:
+        return await self.history.latest_event_id()
+
+    async def reset_point(self) -> str:
+        return await self.history.reset_point()
+
+    def signal_access_change(self, change: AccessChange) -> None:
+        control = self.connection.pubsub_channel(CONTROL)
+        keys = [self.history.access_changes_key]
+        args = [str(ACCESS_CHANGES_KEPT), control, change.encode().decode()]
+        try:
+            try:
+                self._signal_access_change_script(keys=keys, args=args)
+            except redis.ResponseError as error:
+                # The key holds something else (or Redis refuses writes): the processes
+                # connected now still get the change, without an id.
+                logger.error("Access change not kept in %s: %s", keys[0], error)
+                self.connection.sync_client.publish(control, change.encode())
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
+
+    def open_feed(self, sink: FeedSink) -> Feed:
+        return RedisFeed(self.connection, self.history, sink)
+
+    def check(self) -> None:
+        try:
+            self.connection.sync_client.ping()
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
+
+
+def _publication(draft: Draft, reply: list[Any]) -> Publication:
+    published, value = int(reply[0]), reply[1].decode()
+    if published:
+        return Publication(draft.with_id(value), replayed=False)
+    event_id, _, digest = value.partition(" ")
+    if digest != envelope_digest(draft):
+        raise IdempotencyConflict(
+            "This idempotency key was used for another event: use a new key for a new event."
+        )
+    return Publication(draft.with_id(event_id), replayed=True)
+
+
+def _not_published(error: redis.RedisError) -> BrokerUnavailable:
+    if isinstance(error, redis.TimeoutError):
+        # The script may have run: the reply is what was lost. Never sent again on our own.
+        return BrokerUnavailable(
+            f"Redis did not answer in time ({error}): the event may or may not have been "
+            "published. Publish it again only if duplicates are acceptable."
+        )
+    return BrokerUnavailable(f"Event not published: Redis is unavailable ({error}).")

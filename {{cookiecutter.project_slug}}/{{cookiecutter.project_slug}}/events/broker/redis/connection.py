@@ -1,0 +1,131 @@
+"""What every part of the Redis broker shares: where things are (keys and channels), the clients
+that reach them, how a Lua script runs, and the pager that reads a capped stream (the events'
+history and the access changes alike).
+"""
+
+import asyncio
+import weakref
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from ...core.event import parse_event_id
+from ..base import HISTORY_PAGE_SIZE, HistoryGap
+
+# Connections are few and long-lived; failures should surface fast so that callers see them.
+# No retries: redis-py would send a command again after a lost reply, and the publish script is not
+# idempotent (two ids for one event). Publishing is at most once per call; the feed reconnects by
+# itself and catches up from history.
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "socket_keepalive": True,
+}
+# Replays and async publishes share a small pool: connections stay constant however many
+# clients connect; a burst of reconnecting clients waits for a free connection instead.
+_POOL_SIZE = 8
+
+# An entry of a Redis stream as the clients return it (they do not decode responses).
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class RedisConnection:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        history_length: int,
+        max_payload_bytes: int,
+        health_check_seconds: float,
+        signing_keys: tuple[str, ...],
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.history_length = history_length
+        self.max_payload_bytes = max_payload_bytes
+        self.health_check_seconds = health_check_seconds
+        self.signing_keys = signing_keys  # the first signs, all verify (signing.py)
+        self.sync_client = redis.Redis.from_url(
+            url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS
+        )
+        # redis.asyncio clients belong to the event loop that created them.
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
+        self._async_clients = weakref.WeakKeyDictionary()
+
+    # --- Where things are ---------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """A key of this project's, e.g. ``key("history")``: ``<prefix>:history``."""
+        return ":".join((self.prefix, *parts))
+
+    def pubsub_channel(self, channel: str) -> str:
+        return f"{self.prefix}:{channel}"
+
+    def channel_of(self, pubsub_channel: bytes) -> str:
+        return pubsub_channel.decode(errors="replace").removeprefix(f"{self.prefix}:")
+
+    # --- Clients and scripts ------------------------------------------------------------------
+
+    def async_client(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=_POOL_SIZE,
+                timeout=10,
+                retry=AsyncRetry(NoBackoff(), 0),
+                **_CONNECTION_OPTIONS,
+            )
+            client = self._async_clients[loop] = aioredis.Redis(connection_pool=pool)
+        return client
+
+    def script(self, source: str) -> Script:
+        """A Lua script, run by its SHA1 (sent in full only when Redis does not know it)."""
+        return self.sync_client.register_script(source)
+
+    async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        """``script`` on the async client (a registered script runs itself on the sync one)."""
+        client = self.async_client()
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # not run: safe to send it in full
+            return await client.eval(cast(str, script.script), len(keys), *keys, *args)
+
+    # --- The pager ----------------------------------------------------------------------------
+
+    async def entries_after(self, key: str, after: str | None) -> AsyncGenerator[list[Entry], None]:
+        """The entries of the stream at ``key`` after the id ``after`` (None: from the oldest), in
+        order, a page at a time; the next page is read once the caller asks for it. Raises
+        HistoryGap if ``after`` is not (or no longer) in the stream, and redis's errors."""
+        client = self.async_client()
+        start = "-" if after is None else after
+        anchor = None if after is None else parse_event_id(after)
+        while True:
+            # Each page starts at the anchor, inclusive: finding it first proves that nothing
+            # after it was trimmed away meanwhile (say, while a slow client read the last page).
+            # Bytes (the client does not decode responses); redis-py types them loosely.
+            entries = cast(
+                list[Entry],
+                await client.xrange(
+                    key, start, "+", count=HISTORY_PAGE_SIZE + (anchor is not None)
+                ),
+            )
+            if anchor is not None:
+                if not entries or parse_event_id(entries[0][0].decode()) != anchor:
+                    raise HistoryGap(start)
+                entries = entries[1:]
+            if not entries:
+                return
+            yield entries
+            if len(entries) < HISTORY_PAGE_SIZE:
+                return
+            start = entries[-1][0].decode()
+            anchor = parse_event_id(start)
