@@ -1,11 +1,14 @@
-"""What outlives its user unless something ends it: a stream slot taken by a stream that never
-started, and the hub of a broker that was replaced."""
+"""What outlives its user, or is lost before it, unless something sees to it: stream slots (taken
+by a stream that never started; lost by Redis while their streams go on), and the hub of a broker
+that was replaced."""
 
 import asyncio
 
 from django.test import override_settings
 
 from ..broker import get_broker
+from ..broker.redis.connection import RedisConnection
+from ..broker.redis.slots import RedisStreamSlots
 from ..broker.slots import LEASE_SECONDS, MemoryStreamSlots
 from ..core.event import make_draft
 from ..delivery.hub import get_hub
@@ -17,7 +20,8 @@ def test_a_slot_that_no_stream_held_expires_and_a_held_one_lasts() -> None:
     now = 1000.0
     slots = MemoryStreamSlots(clock=lambda: now)
     held, never_held = slots.acquire("alice", 2), slots.acquire("alice", 2)
-    assert held is not None and never_held is not None
+    assert held is not None
+    assert never_held is not None
     assert slots.acquire("alice", 2) is None  # at the limit
 
     async def scenario() -> tuple[bool, bool]:
@@ -31,11 +35,44 @@ def test_a_slot_that_no_stream_held_expires_and_a_held_one_lasts() -> None:
     assert asyncio.run(scenario()) == (True, True)
 
 
+def test_slots_that_redis_lost_count_again_after_the_next_renewal(redis_url: str) -> None:
+    """Redis restarted without its data while two streams of a user with a limit
+    of two are open (here: their key deleted): their leases are written again, and a third stream
+    is refused."""
+    connection = RedisConnection(
+        redis_url,
+        prefix="test-slots-lost",
+        history_length=10,
+        max_payload_bytes=1000,
+        health_check_seconds=3,
+        signing_keys=("key",),
+    )
+    slots = RedisStreamSlots(connection, renew_every=0.05)
+    key = connection.key("streams", "user", "alice")
+
+    async def scenario() -> tuple[int, bool]:
+        first, second = slots.acquire("alice", 2), slots.acquire("alice", 2)
+        assert first is not None
+        assert second is not None
+        async with slots.hold(first), slots.hold(second):
+            connection.sync_client.delete(key)  # as a Redis restarted without its data
+            for _ in range(200):  # a renewal every 0.05 s: at most 10 s
+                if connection.sync_client.zcard(key) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            return connection.sync_client.zcard(key), slots.acquire("alice", 2) is None
+
+    rewritten, refused = asyncio.run(scenario())
+    assert rewritten == 2
+    assert refused
+    assert connection.sync_client.zcard(key) == 0  # given back when the streams ended
+
+
 def test_a_hub_replaced_for_another_broker_stops_delivering() -> None:
     """A new broker configuration (here, a test's settings) gets a new hub; the old one's feed is
     closed rather than left subscribed for the process's life."""
 
-    async def scenario() -> list[object] | None:
+    async def scenario() -> object:
         with override_settings(REDIS_URL="", EVENTS_HISTORY_LENGTH=100):
             old_broker = get_broker()
             subscriber = await get_hub().join({"broadcast"}, capacity=10)

@@ -2,12 +2,9 @@
 
 import asyncio
 import socket
-from collections.abc import Iterator
 
 import pytest
 from django.test import override_settings
-
-from tests.services import RedisServer, redis_server
 
 from ..broker import get_broker
 from ..broker.base import AccessChange, Feed
@@ -15,13 +12,6 @@ from ..core.event import Event
 from ..delivery.hub import Hub, Reset, Subscriber
 from ..exceptions import BrokerUnavailable
 from ..publish import apublish, publish
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server: RedisServer
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
 
 
 def test_sync_publish_from_a_worker_thread_reaches_an_in_process_stream() -> None:

@@ -10,18 +10,9 @@ from django.db import transaction
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from tests.services import RedisServer, redis_server
-
 from .. import apublish, publish, publish_on_commit  # the app's public API
 from ..broker import get_broker
 from ..exceptions import IdempotencyConflict
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server: RedisServer
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
 
 
 @pytest.fixture(params=["in-process", "redis"])

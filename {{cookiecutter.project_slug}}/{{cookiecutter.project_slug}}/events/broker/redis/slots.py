@@ -1,7 +1,11 @@
 """Stream slots in Redis: per user, a sorted set of this user's open streams scored by expiry.
 
 Every process renews the leases of the streams it holds every ``LEASE_SECONDS / 3``, in one
-pipeline; Redis's own clock scores them (``TIME``), so the hosts' clocks need not agree.
+pipeline; Redis's own clock scores them (``TIME``), so the hosts' clocks need not agree. A renewal
+writes every slot the process holds, whether Redis still has it or not: after a Redis that lost its
+data (a restart without persistence, a flush), the open streams count again within one renewal.
+A slot is given back only between two renewals (one lock per event loop), so that no renewal in
+flight writes back a slot just given back.
 """
 
 import asyncio
@@ -27,25 +31,36 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
-# Renews the slots still there (XX: a slot given back meanwhile stays given back).
+# Renews (or writes again, if Redis lost them) the slots this process holds.
 _RENEW = """
 local expiry = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i]) end
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], expiry, ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 """
 
 
+class _Held:
+    """The slots held on one event loop, the task renewing them, and the lock that keeps a
+    renewal and a release apart."""
+
+    __slots__ = ("lock", "renewer", "slots")
+
+    def __init__(self) -> None:
+        self.slots: dict[Slot, None] = {}
+        self.lock = asyncio.Lock()
+        self.renewer: asyncio.Task[None] | None = None
+
+
 class RedisStreamSlots(StreamSlots):
-    def __init__(self, connection: RedisConnection) -> None:
+    def __init__(self, connection: RedisConnection, renew_every: float = LEASE_SECONDS / 3) -> None:
         self._connection = connection
+        self._renew_every = renew_every
         self._process = uuid.uuid4().hex[:12]
         self._serial = 0
         self._acquire = connection.script(_ACQUIRE)
-        # Per event loop (one in a server): the slots held there, and the task renewing them.
-        self._held: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Slot, None]]
+        # Per event loop (one in a server).
+        self._held: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Held]
         self._held = weakref.WeakKeyDictionary()
-        self._renewers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]]
-        self._renewers = weakref.WeakKeyDictionary()
 
     def _key(self, user: str) -> str:
         return self._connection.key("streams", "user", user)
@@ -63,33 +78,37 @@ class RedisStreamSlots(StreamSlots):
     @asynccontextmanager
     async def hold(self, slot: Slot) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        held = self._held.setdefault(loop, {})
-        held[slot] = None
-        renewer = self._renewers.get(loop)
-        if renewer is None or renewer.done():
-            self._renewers[loop] = loop.create_task(self._renew_forever(held))
+        held = self._held.get(loop)
+        if held is None:
+            held = self._held[loop] = _Held()
+        held.slots[slot] = None
+        if held.renewer is None or held.renewer.done():
+            held.renewer = loop.create_task(self._renew_forever(held))
         try:
             yield
         finally:
-            held.pop(slot, None)
-            renewer = self._renewers.get(loop)
-            if not held and renewer is not None:
-                renewer.cancel()  # nothing left to renew: no task outlives the streams
-            try:
-                await self._connection.async_client().zrem(self._key(slot.user), slot.name)
-            except redis.RedisError as error:  # it expires by itself
-                logger.debug("Could not give back a stream slot: %s", error)
+            async with held.lock:
+                del held.slots[slot]
+                if not held.slots and held.renewer is not None:
+                    held.renewer.cancel()  # nothing left to renew: no task outlives the streams
+                    held.renewer = None  # the next slot held starts another
+                try:
+                    await self._connection.async_client().zrem(self._key(slot.user), slot.name)
+                except redis.RedisError as error:  # it expires by itself
+                    logger.debug("Could not give back a stream slot: %s", error)
 
-    async def _renew_forever(self, held: dict[Slot, None]) -> None:
-        while held:
-            await asyncio.sleep(LEASE_SECONDS / 3)
-            by_user: dict[str, list[str]] = {}
-            for slot in list(held):
-                by_user.setdefault(slot.user, []).append(slot.name)
-            try:
-                async with self._connection.async_client().pipeline(transaction=False) as pipe:
-                    for user, names in by_user.items():
-                        pipe.eval(_RENEW, 1, self._key(user), LEASE_SECONDS, *names)
-                    await pipe.execute()
-            except (redis.RedisError, OSError) as error:
-                logger.warning("Could not renew stream slots: %s", error)
+    async def _renew_forever(self, held: _Held) -> None:
+        while held.slots:
+            await asyncio.sleep(self._renew_every)
+            async with held.lock:
+                by_user: dict[str, list[str]] = {}
+                for slot in held.slots:
+                    by_user.setdefault(slot.user, []).append(slot.name)
+                try:
+                    client = self._connection.async_client()
+                    async with client.pipeline(transaction=False) as pipe:
+                        for user, names in by_user.items():
+                            pipe.eval(_RENEW, 1, self._key(user), LEASE_SECONDS, *names)
+                        await pipe.execute()
+                except (redis.RedisError, OSError) as error:
+                    logger.warning("Could not renew stream slots: %s", error)
