@@ -166,9 +166,9 @@ class LiveProject:
         assert created.returncode == 0, created.stderr
         return created.stdout.strip().splitlines()[-1]
 
-    def delete_token(self, token: str, **env: str) -> None:
+    def delete_token(self, token: str, **env: str) -> str:
         """Deletes ``token`` in a process of its own, as an admin would; ``env`` names the Redis
-        (and prefix) where the servers hear of it."""
+        (and prefix) where the servers hear of it. Returns what that process logged."""
         deleted = self.manage(
             "shell",
             "-c",
@@ -177,6 +177,7 @@ class LiveProject:
             **env,
         )
         assert deleted.returncode == 0, deleted.stderr
+        return deleted.stderr
 
 
 _CREATE_USERS = """

@@ -483,6 +483,37 @@ def test_frozen_redis_is_noticed_and_the_stream_catches_up_exactly(
     )
 
 
+def test_a_token_deleted_while_redis_was_frozen_ends_its_stream_once_redis_is_back(
+    live_project: LiveProject, tmp_path: Path
+) -> None:
+    """Redis frozen while an admin deletes a token: the deleting process cannot signal the change
+    (its Redis call times out, and it exits), and a Redis that keeps its data leaves no gap for
+    the feed's catch-up to notice. The feed, back, rechecks every open stream: the deleted token's
+    stream ends; another goes on."""
+    tokens = live_project.tokens
+    with (
+        own_redis_daphne(
+            live_project, tmp_path, EVENTS_REDIS_HEALTH_CHECK_SECONDS=str(HEALTH_CHECK_SECONDS)
+        ) as (own_redis, daphne),
+        api(daphne, tokens["staff"]) as staff,
+        api(daphne, tokens["alice"]) as alice,
+        open_stream(alice) as other,
+    ):
+        deleted = live_project.create_token_user(REDIS_URL=own_redis.url)
+        with api(daphne, deleted) as client, open_stream(client) as stream:
+            assert stream.take_all(2)[1].comment == "connected"
+            os.kill(own_redis.pid, signal.SIGSTOP)
+            try:
+                wait_until(lambda: metrics(staff)["feed_problem"], timeout=15)
+                logged = live_project.delete_token(deleted, REDIS_URL=own_redis.url)
+                assert "were not rechecked" in logged  # the change reached no Redis
+            finally:
+                os.kill(own_redis.pid, signal.SIGCONT)
+            assert revoked_reason(stream, within=30) == "token-deleted"
+        still_here = publish(staff, "still-here")
+        assert [m.id for m in take_until(other, still_here)][-1] == still_here
+
+
 # --- 3. the Pub/Sub connection killed ---------------------------------------------------------
 
 

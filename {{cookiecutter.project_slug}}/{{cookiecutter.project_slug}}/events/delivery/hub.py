@@ -196,6 +196,8 @@ class Hub:
         # A channel's first subscriber subscribes the feed; later ones wait for the same future.
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._rechecks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+        self._recheck_all: asyncio.Task[None] | None = None
+        self._recheck_all_again = False
         # Subscribers whose outbox holds events, written once per turn of the loop (see _flush),
         # and the events offered in this turn (their latency is observed then).
         self._unflushed: list[Subscriber] = []
@@ -304,8 +306,20 @@ class Hub:
         self._recheck(subscribers, change)
 
     def access_may_have_changed(self) -> None:
-        subscribers = [s for s in self._all_subscribers() if s.access is not None and not s.ended]
-        self._recheck(subscribers, None)
+        # Never two at once: while every stream is rechecked, another call makes that run once
+        # more when it is done (a flapping connection would otherwise pile up database queries).
+        if self._recheck_all is not None and not self._recheck_all.done():
+            self._recheck_all_again = True
+            return
+        self._recheck_all = asyncio.create_task(self._recheck_every_stream())
+
+    async def _recheck_every_stream(self) -> None:
+        again = True
+        while again:
+            self._recheck_all_again = False
+            subscribers = [s for s in self._all_subscribers() if not s.ended]
+            await recheck(subscribers, None)
+            again = self._recheck_all_again
 
     def _recheck(self, subscribers: list[Subscriber], change: AccessChange | None) -> None:
         if subscribers:

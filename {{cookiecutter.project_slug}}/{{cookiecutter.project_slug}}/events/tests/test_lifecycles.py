@@ -1,9 +1,10 @@
-"""What outlives its user, or is lost before it, unless something sees to it: stream slots (taken
-by a stream that never started; lost by Redis while their streams go on), and the hub of a broker
-that was replaced."""
+"""What outlives its user, is lost before it, or piles up, unless something sees to it: stream
+slots (taken by a stream that never started; lost by Redis while their streams go on), the hub of
+a broker that was replaced, and rechecks of every stream."""
 
 import asyncio
 
+import pytest
 from django.test import override_settings
 
 from ..broker import get_broker
@@ -11,7 +12,8 @@ from ..broker.redis.connection import RedisConnection
 from ..broker.redis.slots import RedisStreamSlots
 from ..broker.slots import LEASE_SECONDS, MemoryStreamSlots
 from ..core.event import make_draft
-from ..delivery.hub import get_hub
+from ..delivery import hub as hub_module
+from ..delivery.hub import Hub, get_hub
 
 
 def test_a_slot_that_no_stream_held_expires_and_a_held_one_lasts() -> None:
@@ -84,3 +86,34 @@ def test_a_hub_replaced_for_another_broker_stops_delivering() -> None:
         return await subscriber.next_batch(within=0.2)
 
     assert asyncio.run(scenario()) is None
+
+
+def test_rechecks_of_every_stream_never_overlap_and_none_asked_for_is_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flapping broker connection asks for a recheck of every stream at each reconnect: one runs
+    at a time (each is a database query per stream), and a request made during one makes it run
+    once more afterwards, so that no change is left unchecked."""
+    running, most_at_once, runs = 0, 0, 0
+
+    async def recheck(streams: object, change: object) -> None:
+        nonlocal running, most_at_once, runs
+        running, runs = running + 1, runs + 1
+        most_at_once = max(most_at_once, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    monkeypatch.setattr(hub_module, "recheck", recheck)
+
+    async def scenario() -> None:
+        hub = Hub(get_broker())
+        for _ in range(5):  # five reconnects while the first recheck runs
+            hub.access_may_have_changed()
+            await asyncio.sleep(0.005)
+        # The rechecks, to their end (a third run would have started before the second ended).
+        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+        await hub.aclose()
+
+    with override_settings(REDIS_URL=""):
+        asyncio.run(scenario())
+    assert (most_at_once, runs) == (1, 2)

@@ -17,9 +17,10 @@ What keeps it delivering:
 
 The feed also listens, for its whole life, to the control channel (``core/channels.CONTROL``),
 where processes ask each other to recheck the access of a user's open streams
-(``access/revocation.py``). Access
-changes have a watermark of their own, and are caught up the same way after a reconnect; if the
-watermark is gone from their stream, every open stream is rechecked.
+(``access/revocation.py``). Access changes have a watermark of their own, and are caught up the
+same way after a reconnect (at once: a change that names a credential ends its streams before the
+database is asked). Then every open stream is rechecked anyway: a change whose sender could not
+reach Redis while this connection was down is in no history at all.
 
 The watermark moves with every live event, and when a channel is subscribed: the newest id is read
 just before the SUBSCRIBE is sent, and it becomes the watermark when Redis confirms the SUBSCRIBE
@@ -206,6 +207,11 @@ class RedisFeed(Feed):
         if catch_up:
             await self._catch_up()
             await self._catch_up_access_changes()
+            # An access change whose sender could not reach Redis meanwhile (it was frozen,
+            # restarted, cut off) is in no history: every open stream is rechecked, whatever
+            # Redis kept.
+            logger.info("Rechecking the access of every open stream after the reconnect")
+            self._sink.access_may_have_changed()
         for message in held:  # arrived while subscribing: those in history are now duplicates
             self._handle_safely(message)
         self._pubsub = pubsub
@@ -238,13 +244,13 @@ class RedisFeed(Feed):
                     self._sink.access_changed(change)
                 self._advance_access(change_id)
         except HistoryGap:
+            # Every open stream is rechecked after a reconnect (_connect): that covers these.
             logger.warning(
                 "Access changes after %s are gone; rechecking every open stream",
                 self._access_watermark,
             )
             self._access_watermark, self._access_watermark_key = NO_ACCESS_CHANGE, (0, 0)
             self._advance_access(await self._history.access_changes_point())
-            self._sink.access_may_have_changed()
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
         loop = asyncio.get_running_loop()
