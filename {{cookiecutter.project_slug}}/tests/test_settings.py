@@ -177,6 +177,8 @@ def test_event_settings_defaults(tmp_path: Path) -> None:
         "EVENTS_PUBLISH_RATE": "600/min",
         "EVENTS_TICKET_SECONDS": 30,
         "EVENTS_IDEMPOTENCY_SECONDS": 86400,
+        "EVENTS_PUBLISH_REPLICAS": 0,
+        "EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS": 1000,
     }
     assert settings["EVENTS_TOPIC_AUTHORIZER"].endswith(
         ".events.access.topics.default_topic_authorizer"

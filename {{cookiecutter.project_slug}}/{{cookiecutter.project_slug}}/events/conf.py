@@ -34,6 +34,8 @@ class EventSettings:
     publish_rate: str | None
     ticket_seconds: int
     idempotency_seconds: int
+    publish_replicas: int
+    publish_replica_timeout_milliseconds: int
 
 
 @cache
@@ -66,6 +68,8 @@ def event_settings() -> EventSettings:
         publish_rate=settings.EVENTS_PUBLISH_RATE or None,
         ticket_seconds=settings.EVENTS_TICKET_SECONDS,
         idempotency_seconds=settings.EVENTS_IDEMPOTENCY_SECONDS,
+        publish_replicas=settings.EVENTS_PUBLISH_REPLICAS,
+        publish_replica_timeout_milliseconds=settings.EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS,
     )
 
 

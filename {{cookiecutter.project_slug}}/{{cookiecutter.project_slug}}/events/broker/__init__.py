@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from ..conf import event_settings
 from .base import Broker
 from .memory import InMemoryBroker
-from .redis.broker import RedisBroker
+from .redis.broker import RedisBroker, Replication
 from .redis.connection import RedisConnection
 from .redis.signing import signing_keys
 
@@ -30,6 +30,7 @@ def get_broker() -> Broker:
         settings.max_payload_bytes,
         settings.redis_health_check_seconds,
         signing_keys(django_settings.SECRET_KEY, django_settings.SECRET_KEY_FALLBACKS),
+        Replication(settings.publish_replicas, settings.publish_replica_timeout_milliseconds),
     )
 
 
@@ -41,6 +42,7 @@ def _broker(
     max_payload_bytes: int,
     health_check_seconds: float,
     id_signing_keys: tuple[str, ...],
+    replication: Replication,
 ) -> Broker:
     # Cached per configuration: one broker (and one set of connections) per process.
     if redis_url:
@@ -52,5 +54,5 @@ def _broker(
             health_check_seconds=health_check_seconds,
             signing_keys=id_signing_keys,
         )
-        return RedisBroker(connection)
+        return RedisBroker(connection, replication)
     return InMemoryBroker(history_length)

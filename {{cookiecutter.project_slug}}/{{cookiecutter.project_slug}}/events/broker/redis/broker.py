@@ -7,6 +7,13 @@ from replay to live delivery without a gap or a duplicate. The script publishes
 (published by another service) has no id. With an idempotency key, the same script first looks
 the key up, and records it with the id it publishes.
 
+With ``Replication.replicas`` above 0 (``EVENTS_PUBLISH_REPLICAS``), the script is followed on
+the same connection by Redis's ``WAIT``: a publish is acknowledged only once that many replicas
+hold it (the event and its idempotency key), so that a failover to one of them cannot lose it. If
+they do not confirm in time, the publish raises BrokerUnavailable: the event went out to the
+processes connected now, and may or may not survive a failover; a retry with its idempotency key
+publishes it at most once more.
+
 Each process opens one Pub/Sub connection, shared by all of its clients (``feed.py``).
 
 Access changes (``access/revocation.py``) take the same path on a second, smaller stream: a script
@@ -17,6 +24,7 @@ channel, so that a process whose connection was down reads what it missed when i
 
 import logging
 from collections.abc import AsyncIterator, Container, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -53,9 +61,20 @@ return id
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """How many replicas must hold a publish before it is acknowledged, and how long to wait."""
+
+    replicas: int = 0
+    timeout_milliseconds: int = 1000
+
+
 class RedisBroker(Broker):
-    def __init__(self, connection: RedisConnection) -> None:
+    def __init__(
+        self, connection: RedisConnection, replication: Replication = Replication()
+    ) -> None:
         self.connection = connection
+        self.replication = replication
         self.history = RedisHistory(connection)
         self.stream_slots = RedisStreamSlots(connection)
         self._publish_script = connection.script(_PUBLISH)
@@ -77,19 +96,47 @@ class RedisBroker(Broker):
 
     def publish(self, draft: Draft, once: Once | None = None) -> Publication:
         keys, args = self._publish_args(draft, once)
+        replicas = self.replication.replicas
         try:
-            reply = self._publish_script(keys=keys, args=args)
+            if not replicas:
+                return _publication(draft, self._publish_script(keys=keys, args=args))
+            # The script and WAIT on one connection: WAIT counts the replicas that hold this
+            # connection's writes.
+            with self.connection.sync_client.pipeline(transaction=False) as pipe:
+                self._publish_script(keys=keys, args=args, client=pipe)
+                pipe.wait(replicas, self.replication.timeout_milliseconds)
+                reply, copies = pipe.execute()
         except redis.RedisError as error:
             raise _not_published(error) from error
-        return _publication(draft, reply)
+        return self._replicated(_publication(draft, reply), copies)
 
     async def apublish(self, draft: Draft, once: Once | None = None) -> Publication:
         keys, args = self._publish_args(draft, once)
+        replicas = self.replication.replicas
         try:
-            reply = await self.connection.run(self._publish_script, keys, args)
+            if not replicas:
+                return _publication(
+                    draft, await self.connection.run(self._publish_script, keys, args)
+                )
+            async with self.connection.async_client().pipeline(transaction=False) as pipe:
+                pipe.scripts.add(self._publish_script)  # loaded first if Redis lacks it
+                pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
+                pipe.wait(replicas, self.replication.timeout_milliseconds)
+                reply, copies = await pipe.execute()
         except redis.RedisError as error:
             raise _not_published(error) from error
-        return _publication(draft, reply)
+        return self._replicated(_publication(draft, reply), copies)
+
+    def _replicated(self, publication: Publication, copies: int) -> Publication:
+        if copies < self.replication.replicas:
+            raise BrokerUnavailable(
+                f"Event {publication.event.id} was stored, but {copies} of "
+                f"{self.replication.replicas} Redis replicas confirmed it within "
+                f"{self.replication.timeout_milliseconds} ms (EVENTS_PUBLISH_REPLICAS): it may "
+                "or may not survive a failover. Publish it again with its idempotency key if it "
+                "must not be lost."
+            )
+        return publication
 
     def history_after(
         self, event_id: str | None, channels: Container[str] | None = None
