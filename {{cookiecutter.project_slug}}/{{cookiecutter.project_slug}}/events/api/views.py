@@ -56,7 +56,7 @@ from .renderers import EventStreamRenderer
 from .schema import METRICS, PUBLISH, STREAM, TICKET
 from .serializers import PublishEventSerializer, StreamTicketSerializer
 from .throttles import PublishRateThrottle, StreamRateThrottle
-from .topics import readable_topics
+from .topic_policy import readable_topics
 
 logger = logging.getLogger(__name__)
 
