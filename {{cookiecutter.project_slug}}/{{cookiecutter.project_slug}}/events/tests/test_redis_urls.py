@@ -45,6 +45,8 @@ def test_what_a_sentinel_url_may_leave_out(url: str, expected: SentinelUrl) -> N
         ("redis+sentinel://:secret@s1:port/main", "sentinel address 1 is not host"),
         ("redis+sentinel://:secret@s1:0/main", "sentinel address 1 is not host"),
         ("redis+sentinel://:secret@s1:65536/main", "sentinel address 1 is not host"),
+        # A digit to Python (int() reads it), not in a port.
+        ("redis+sentinel://:secret@s1:\u0663/main", "sentinel address 1 is not host"),
         ("redis+sentinel://:secret@s1,,s3/main", "sentinel address 2 is not host"),
         ("redis+sentinel://:secret@::1/main", "sentinel address 1 is not host"),
         ("redis+sentinel://:secret@s1/main/zero", "database after the service name"),

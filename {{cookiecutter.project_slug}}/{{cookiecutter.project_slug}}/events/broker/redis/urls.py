@@ -21,7 +21,9 @@ SENTINEL_PORT = 26379
 _SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 # host, [IPv6 host] or either with :port. The host part is checked for its shape only: a name
 # that does not resolve fails when the first connection is made, as with redis://.
-_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]@/]+))(?::(?P<port>\d+))?")
+_ADDRESS = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]@/]+))(?::(?P<port>[0-9]+))?"
+)
 
 
 @dataclass(frozen=True, slots=True)
