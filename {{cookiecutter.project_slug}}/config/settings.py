@@ -218,6 +218,9 @@ LOGGING = {
 
 # Event stream. Without REDIS_URL the broker lives inside this one process (fine for a single
 # Daphne process); with it, any number of processes and hosts share events and their history.
+# redis+sentinel://host:port[,host:port...]/<service>[/<db>] reaches the master Redis Sentinel
+# names (docs/deployment.md). Read when first used: a malformed URL fails `manage.py check`
+# (events.E003), not this import.
 REDIS_URL = env.str("REDIS_URL", default="")
 EVENTS_HEARTBEAT_SECONDS = env.float("EVENTS_HEARTBEAT_SECONDS", default=15.0)
 EVENTS_RETRY_MILLISECONDS = env.int("EVENTS_RETRY_MILLISECONDS", default=3000)

@@ -1,4 +1,5 @@
-"""Real services for the tests: redis-server and Daphne processes on free loopback ports.
+"""Real services for the tests: redis-server (alone, or a master, a replica and three Sentinels) and
+Daphne processes on free loopback ports.
 
 Every process is started with a deadline and stopped by its fixture. Under ``CI=true`` a missing
 program fails the test instead of skipping it.
@@ -14,13 +15,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import pytest
+import redis
 
 T = TypeVar("T")
 
@@ -80,6 +82,7 @@ class RedisServer:
     port: int
     directory: Path
     process: subprocess.Popen | None = None
+    replica_of: int | None = None  # the master's port, for a replica
 
     @property
     def url(self) -> str:
@@ -87,6 +90,7 @@ class RedisServer:
 
     def start(self) -> None:
         redis_server = require_program("redis-server")
+        replication = ["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []
         # No persistence: a restart loses history, like a cache-only Redis in production.
         self.process = subprocess.Popen(
             [
@@ -103,6 +107,10 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                # A replica's first sync starts at once (Redis waits 5 s for more replicas).
+                "--repl-diskless-sync-delay",
+                "0",
+                *replication,
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -125,13 +133,119 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(directory: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), directory)
+def redis_server(directory: Path, replica_of: int | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), directory, replica_of=replica_of)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+SENTINEL_SERVICE = "events-master"
+
+
+@dataclass
+class RedisSentinel:
+    """A Sentinel watching the master at ``master_port``; two of three must agree it is down,
+    1 s after it stopped answering."""
+
+    port: int
+    directory: Path
+    master_port: int
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        redis_sentinel = require_program("redis-sentinel")
+        config = self.directory / "sentinel.conf"  # Sentinel rewrites it as it learns
+        config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.directory}\n"
+            f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.master_port} 2\n"
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
+            f"sentinel failover-timeout {SENTINEL_SERVICE} 5000\n"
+        )
+        self.process = subprocess.Popen(
+            ["timeout", str(SERVER_LIFETIME_SECONDS), redis_sentinel, str(config)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+
+
+@dataclass
+class SentinelDeployment:
+    """A master, its replica and three Sentinels, as ``redis_sentinels()`` starts them."""
+
+    master: RedisServer
+    replica: RedisServer
+    sentinels: list[RedisSentinel]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+
+    def watched(self) -> bool:
+        """Every Sentinel knows the other two and the replica, in sync with the master: a
+        failover can happen."""
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                master = client.sentinel_master(SENTINEL_SERVICE)
+                replicas = client.sentinel_slaves(SENTINEL_SERVICE)
+            if master["num-other-sentinels"] != len(self.sentinels) - 1:
+                return False
+            if not any(
+                replica["port"] == self.replica.port
+                and replica["flags"] == "slave"
+                and replica["master-link-status"] == "ok"
+                for replica in replicas
+            ):
+                return False
+        return True
+
+    def master_ports(self) -> set[int]:
+        """The master's port, as each Sentinel names it."""
+        ports = set()
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                _, port = client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+            ports.add(int(port))
+        return ports
+
+
+@contextmanager
+def redis_sentinels(directory: Path, timeout: float = 20.0) -> Iterator[SentinelDeployment]:
+    """A master, a replica and three Sentinels on loopback, returned once a failover can happen
+    (or failing after ``timeout`` seconds); all stopped on leaving."""
+    with ExitStack() as stack:
+        directories = {}
+        for name in ("master", "replica", "sentinel-1", "sentinel-2", "sentinel-3"):
+            directories[name] = directory / name
+            directories[name].mkdir(parents=True)
+        master = stack.enter_context(redis_server(directories["master"]))
+        replica = stack.enter_context(redis_server(directories["replica"], replica_of=master.port))
+        sentinels = []
+        for number in (1, 2, 3):
+            sentinel = RedisSentinel(free_port(), directories[f"sentinel-{number}"], master.port)
+            stack.callback(sentinel.stop)
+            sentinel.start()
+            sentinels.append(sentinel)
+        deployment = SentinelDeployment(master, replica, sentinels)
+        deadline = time.monotonic() + timeout
+        # Sentinels find each other through the master, every 2 s.
+        while not deployment.watched():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Sentinels did not all see each other in {timeout}s")
+            time.sleep(0.1)
+        yield deployment
 
 
 @dataclass

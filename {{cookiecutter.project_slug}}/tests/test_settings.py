@@ -152,6 +152,15 @@ def test_redis_url_is_passed_through_and_empty_means_in_process(tmp_path: Path) 
     assert load_settings(tmp_path / "set", **PRODUCTION, REDIS_URL=url)["REDIS_URL"] == url
 
 
+def test_a_malformed_sentinel_url_does_not_stop_the_settings_from_loading(tmp_path: Path) -> None:
+    """manage.py check refuses it with a message (tests/test_sentinel.py); the settings only
+    pass it on, to the broker and to the cache."""
+    url = "redis+sentinel://:secret@sentinel-1:26379"  # no service name
+    settings = load_settings(tmp_path, **PRODUCTION, REDIS_URL=url)
+    assert settings["REDIS_URL"] == url
+    assert settings["CACHES"]["default"]["LOCATION"] == url
+
+
 def test_event_settings_defaults(tmp_path: Path) -> None:
     settings = load_settings(tmp_path, **PRODUCTION)
     assert {name: value for name, value in settings.items() if name.startswith("EVENTS_")} == {

@@ -7,6 +7,7 @@ from django.core.checks import Error, register
 from django.utils.module_loading import import_string
 
 from .api.throttles import PublishRateThrottle, StreamRateThrottle
+from .broker.redis.urls import check_redis_url
 from .conf import event_settings
 
 
@@ -39,4 +40,19 @@ def check_event_settings(**_: Any) -> list[Error]:
                 id="events.E002",
             )
         )
+    if settings.redis_url:
+        try:
+            check_redis_url(settings.redis_url)
+        except ValueError as error:
+            reason = str(error).rstrip(".")
+            errors.append(
+                Error(
+                    f"REDIS_URL is not a Redis URL this project can use: {reason}.",
+                    hint="Write it as redis://[:password@]host:port/<db> (rediss:// for TLS), "
+                    "or, for Redis Sentinel, as redis+sentinel://[:password@]host:port"
+                    "[,host:port...]/<service>[/<db>] (rediss+sentinel:// for TLS); see "
+                    "docs/deployment.md.",
+                    id="events.E003",
+                )
+            )
     return errors

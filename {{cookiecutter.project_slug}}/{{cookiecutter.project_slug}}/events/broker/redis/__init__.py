@@ -3,5 +3,6 @@
 ``connection.py`` holds what the others share (keys, clients, scripts, the history pager),
 ``history.py`` reads history, ``broker.py`` publishes, ``feed.py`` is a process's one Pub/Sub
 connection, ``slots.py`` the open-streams limit, ``signing.py`` the ids the publish script signs,
-and ``cache.py`` Django's Redis cache for the rate limits.
+and ``cache.py`` Django's Redis cache for the rate limits. ``urls.py`` reads ``REDIS_URL``: one
+Redis server, or Redis Sentinel, whose master ``sentinel.py`` connects to.
 """

@@ -1,6 +1,7 @@
 """What every part of the Redis broker shares: where things are (keys and channels), the clients
-that reach them, how a Lua script runs, and the pager that reads a capped stream (the events'
-history and the access changes alike).
+that reach them (of one Redis server, or of the master Redis Sentinel names: ``sentinel.py``), how
+a Lua script runs, and the pager that reads a capped stream (the events' history and the access
+changes alike).
 """
 
 import asyncio
@@ -17,6 +18,8 @@ from redis.retry import Retry
 
 from ...core.event import parse_event_id
 from ..base import HISTORY_PAGE_SIZE, HistoryGap
+from .sentinel import async_master_client, master_client
+from .urls import is_sentinel_url, parse_sentinel_url
 
 # Connections are few and long-lived; failures should surface fast so that callers see them.
 # No retries: redis-py would send a command again after a lost reply, and the publish script is not
@@ -52,9 +55,15 @@ class RedisConnection:
         self.max_payload_bytes = max_payload_bytes
         self.health_check_seconds = health_check_seconds
         self.signing_keys = signing_keys  # the first signs, all verify (signing.py)
-        self.sync_client = redis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS
-        )
+        self._sentinel = parse_sentinel_url(url) if is_sentinel_url(url) else None
+        if self._sentinel is None:
+            self.sync_client = redis.Redis.from_url(
+                url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS
+            )
+        else:
+            self.sync_client = master_client(
+                self._sentinel, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS
+            )
         # redis.asyncio clients belong to the event loop that created them.
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
         self._async_clients = weakref.WeakKeyDictionary()
@@ -77,15 +86,20 @@ class RedisConnection:
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=_POOL_SIZE,
-                timeout=10,
-                retry=AsyncRetry(NoBackoff(), 0),
-                **_CONNECTION_OPTIONS,
-            )
-            client = self._async_clients[loop] = aioredis.Redis(connection_pool=pool)
+            client = self._async_clients[loop] = self._new_async_client()
         return client
+
+    def _new_async_client(self) -> aioredis.Redis:
+        options: dict[str, Any] = {
+            "max_connections": _POOL_SIZE,
+            "timeout": 10,
+            "retry": AsyncRetry(NoBackoff(), 0),
+            **_CONNECTION_OPTIONS,
+        }
+        if self._sentinel is not None:
+            return async_master_client(self._sentinel, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(self.url, **options)
+        return aioredis.Redis(connection_pool=pool)
 
     def script(self, source: str) -> Script:
         """A Lua script, run by its SHA1 (sent in full only when Redis does not know it)."""

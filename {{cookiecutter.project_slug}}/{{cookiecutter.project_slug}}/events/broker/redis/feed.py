@@ -4,7 +4,7 @@ What keeps it delivering:
 
 - **Nothing one message holds can stop it.** A message that cannot be parsed or routed is
   skipped and counted (``telemetry/malformed.py``); any other error ends only the current connection, and
-  the supervisor opens a new one with backoff (0.2 s to 10 s, with jitter), for as long as the
+  the supervisor opens a new one with backoff (0.2 s to 1 s, with jitter), for as long as the
   process lives. While it is down, ``problem()`` says why, and ``/readyz`` answers 503.
 - **A dead connection is noticed within seconds.** When Redis has sent nothing for
   ``health_check_seconds``, the feed sends a PING on the connection; if no reply of any kind comes
@@ -53,7 +53,9 @@ logger = logging.getLogger(__name__)
 _SUBSCRIBE_TIMEOUT_SECONDS = 10.0
 _CONNECT_TIMEOUT_SECONDS = 10.0
 _BACKOFF_FIRST_SECONDS = 0.2
-_BACKOFF_MAX_SECONDS = 10.0
+# Live delivery resumes within about a second of Redis (or the master Sentinel promotes) answering
+# again. An attempt costs little: a lookup, a refused connection; one a second per process.
+_BACKOFF_MAX_SECONDS = 1.0
 # Told apart from redis-py's own health-check PING, whose reply redis-py hides.
 _LIVENESS_PING = "events-feed-liveness"
 
