@@ -41,6 +41,16 @@ def require_program(name: str) -> str:
     return path
 
 
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> float:
+    """Seconds until ``condition()`` was true; fails the test after ``timeout`` seconds."""
+    start = time.monotonic()
+    while not condition():
+        elapsed = time.monotonic() - start
+        assert elapsed < timeout, f"still not true after {elapsed:.1f}s"
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from .services import (
     metrics,
     publish,
     redis_server,
+    wait_until,
 )
 from .sse import EventStream, Message, open_stream, revoked_reason
 
@@ -46,16 +47,6 @@ FORGED_ID = "99999999999999-0"  # far newer than any real id: would stall a feed
 def readyz(server: Daphne) -> httpx.Response:
     # The broker check pings Redis with a 5 s socket timeout: leave room for it.
     return httpx.get(f"{server.url}/readyz", timeout=15)
-
-
-def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> float:
-    """Seconds until ``condition()`` was true; fails the test after ``timeout`` seconds."""
-    start = time.monotonic()
-    while not condition():
-        elapsed = time.monotonic() - start
-        assert elapsed < timeout, f"still not true after {elapsed:.1f}s"
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 def take_until(stream: EventStream, last_id: str, timeout: float = 15.0) -> list[Message]:

@@ -10,7 +10,6 @@ import os
 import pickle
 import signal
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -18,22 +17,19 @@ import httpx
 import pytest
 import redis
 
-from .services import LiveProject, SentinelDeployment, api, daphne_server, redis_sentinels
+from .services import (
+    LiveProject,
+    SentinelDeployment,
+    api,
+    daphne_server,
+    redis_sentinels,
+    wait_until,
+)
 from .sse import EventStream, open_stream
 
 pytestmark = pytest.mark.timeout(60)
 
 PREFIX = "test-sentinel"
-
-
-def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> float:
-    """Seconds until ``condition()`` was true; fails the test after ``timeout`` seconds."""
-    start = time.monotonic()
-    while not condition():
-        elapsed = time.monotonic() - start
-        assert elapsed < timeout, f"still not true after {elapsed:.1f}s"
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 def newest_history_id(port: int) -> str | None:

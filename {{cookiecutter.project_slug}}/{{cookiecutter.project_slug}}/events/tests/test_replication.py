@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.test import override_settings
 
-from tests.services import RedisServer, redis_server
+from tests.services import RedisServer, redis_server, wait_until
 
 from .. import apublish, publish
 from ..broker.base import Once
@@ -27,13 +27,9 @@ def master_and_replica(
 ) -> Iterator[tuple[RedisServer, RedisServer]]:
     with (
         redis_server(tmp_path_factory.mktemp("master")) as master,
-        redis_server(tmp_path_factory.mktemp("replica")) as replica,
+        redis_server(tmp_path_factory.mktemp("replica"), replica_of=master.port) as replica,
     ):
-        replica.command("REPLICAOF", "127.0.0.1", str(master.port))
-        deadline = time.monotonic() + 20
-        while "master_link_status:up" not in replica.command("INFO", "replication"):
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.05)
+        wait_until(lambda: "master_link_status:up" in replica.command("INFO", "replication"), 20)
         yield master, replica
 
 
