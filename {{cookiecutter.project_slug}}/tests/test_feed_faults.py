@@ -11,6 +11,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,6 +472,43 @@ def test_frozen_redis_is_noticed_and_the_stream_catches_up_exactly(
         f"503 in {probe_seconds:.1f}s (broker ping timeout); after SIGCONT feed ok in "
         f"{recovery:.2f}s; {len(published)} events published on resume ({published_while_down} "
         "while the feed was down) all received once, in order, no reset"
+    )
+
+
+def first_chunk(server: Daphne, token: str, started: float) -> tuple[float, bytes]:
+    """When (seconds after ``started``) the stream's first chunk came, and the chunk."""
+    with (
+        api(server, token) as client,
+        client.stream("GET", "/api/events/stream/", timeout=60) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        chunk = next(response.iter_raw())
+    return time.monotonic() - started, chunk
+
+
+def test_stream_requests_while_redis_is_frozen_do_not_wait_for_each_other(
+    live_project: LiveProject, tmp_path: Path
+) -> None:
+    """Stream requests' setups share one thread, and their rate limit and open-streams slot ask
+    Redis: frozen, it would make each wait out its timeouts in turn (six streams got their first
+    byte at 17, 24, 31 and 38 s). After the first timeout the checks skip Redis for a few seconds:
+    the six are answered together, each told that the broker is unavailable."""
+    token = live_project.tokens["alice"]
+    limits = {"EVENTS_MAX_STREAMS_PER_USER": "8", "EVENTS_STREAM_RATE": "60/min"}
+    with own_redis_daphne(live_project, tmp_path, **limits) as (own_redis, daphne):
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(lambda _: first_chunk(daphne, token, started), range(6)))
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+    seconds = sorted(at for at, _ in answers)
+    assert all(b"broker unavailable" in chunk for _, chunk in answers), answers
+    assert seconds[-1] - seconds[0] < 5, seconds
+    print(
+        "RELIABILITY: Redis frozen (SIGSTOP), 6 stream requests at once: first chunks "
+        f"{seconds[0]:.1f}-{seconds[-1]:.1f} s after the requests (each 'broker unavailable')"
     )
 
 

@@ -19,6 +19,7 @@ import redis
 
 from ..slots import LEASE_SECONDS, Slot, StreamSlots
 from .connection import RedisConnection
+from .unanswered import unanswered
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class RedisStreamSlots(StreamSlots):
         self._process = uuid.uuid4().hex[:12]
         self._serial = 0
         self._acquire = connection.script(_ACQUIRE)
+        self._unanswered = unanswered(connection.url)
         # Per event loop (one in a server).
         self._held: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Held]
         self._held = weakref.WeakKeyDictionary()
@@ -68,9 +70,14 @@ class RedisStreamSlots(StreamSlots):
     def acquire(self, user: str, limit: int) -> Slot | None:
         self._serial += 1  # under the GIL; uniqueness, not order, is what matters
         slot = Slot(user, f"{self._process}:{self._serial}")
+        if self._unanswered.lately():  # see unanswered.py
+            logger.debug("Stream limit not checked: Redis left a call unanswered lately")
+            return slot
         try:
             taken = self._acquire(keys=[self._key(user)], args=[limit, LEASE_SECONDS, slot.name])
         except redis.RedisError as error:
+            if isinstance(error, redis.TimeoutError):
+                self._unanswered.timed_out()
             logger.warning("Stream limit not checked: %s", error)
             return slot
         return slot if taken else None
