@@ -68,6 +68,9 @@ def test_a_malformed_sentinel_url_is_refused_without_quoting_it(url: str, reason
         ("redis+sentinel://:secret@s1:26379", "no service name"),
         ("redis+sentinal://s1:26379/main", "must specify one of the following schemes"),
         ("redis://127.0.0.1:6379/0?db=first", "Invalid value for 'db'"),
+        # A reserved character left unencoded in the password: Python's own message would quote
+        # the "port" it read, a piece of the password.
+        ("redis://:secret/part@127.0.0.1:6379/0", "its port is not a number"),
     ],
 )
 def test_manage_py_check_refuses_a_redis_url_that_cannot_work(url: str, reason: str) -> None:

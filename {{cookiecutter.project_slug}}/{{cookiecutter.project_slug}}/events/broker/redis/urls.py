@@ -69,13 +69,27 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     )
 
 
+# redis-py's own refusals, which name no part of the URL. Python's (a port that is not a number)
+# quote the part they could not read: with a reserved character left unencoded in the password,
+# a piece of the password.
+_UNQUOTING_REFUSALS = ("Redis URL must specify", "Invalid value for")
+
+
 def check_redis_url(url: str) -> None:
     """Raises ValueError if ``url`` cannot be used: a Sentinel URL by the rules above, any other
-    as redis-py reads it (which is what a first connection would do)."""
+    as redis-py reads it (which is what a first connection would do). No message quotes the
+    URL."""
     if is_sentinel_url(url):
         parse_sentinel_url(url)
-    else:
+        return
+    try:
         parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as error:
+        if str(error).startswith(_UNQUOTING_REFUSALS):
+            raise
+        raise ValueError(
+            "its port is not a number (percent-encode any reserved character of the password)"
+        ) from None
 
 
 def _address(text: str, number: int) -> tuple[str, int]:
