@@ -12,6 +12,7 @@ fit in one thread, and a client can stop reading to let the server's buffers fil
 import asyncio
 import contextlib
 import re
+import resource
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -280,6 +281,15 @@ class Crowd:
     def running(self) -> int:
         """How many clients still hold or retry their stream."""
         return sum(not task.done() for task in self._tasks)
+
+
+def allow_open_files(count: int) -> None:
+    """Raise this process's open-files limit to ``count`` (one per client, and the servers the
+    test starts inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count:
+        assert hard >= count, f"open files are limited to {hard}; {count} are needed"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
 async def wait_for(

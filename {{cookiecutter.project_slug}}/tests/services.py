@@ -196,7 +196,7 @@ class SentinelDeployment:
 
     master: RedisServer
     replica: RedisServer
-    sentinels: list[RedisSentinel]
+    sentinels: list[RedisSentinel]  # those running: ``lose_sentinel()`` stops one
 
     @property
     def url(self) -> str:
@@ -210,7 +210,8 @@ class SentinelDeployment:
             with sentinel.client() as client:
                 master = client.sentinel_master(SENTINEL_SERVICE)
                 replicas = client.sentinel_slaves(SENTINEL_SERVICE)
-            if master["num-other-sentinels"] != len(self.sentinels) - 1:
+            # A Sentinel never forgets one it knew: a lost one still counts.
+            if master["num-other-sentinels"] < len(self.sentinels) - 1:
                 return False
             if not any(
                 replica["port"] == self.replica.port
@@ -220,6 +221,19 @@ class SentinelDeployment:
             ):
                 return False
         return True
+
+    def replica_promoted(self) -> bool:
+        """Whether every running Sentinel names the replica as the master."""
+        return self.master_ports() == {self.replica.port}
+
+    def swap_roles(self) -> None:
+        """After a failover: the replica is the master, and the old master, once started again,
+        its replica (Sentinel turns it into one)."""
+        self.master, self.replica = self.replica, self.master
+
+    def lose_sentinel(self) -> None:
+        """Stops the first Sentinel (the first one clients ask)."""
+        self.sentinels.pop(0).stop()
 
     def master_ports(self) -> set[int]:
         """The master's port, as each Sentinel names it."""

@@ -5,12 +5,8 @@ Every proof runs real redis-server and Daphne processes on loopback, with client
 """
 
 import asyncio
-import itertools
 import json
-import multiprocessing
-import multiprocessing.synchronize
 import os
-import resource
 import socket
 import threading
 import time
@@ -26,11 +22,13 @@ from .crowd import (
     TCP_ESTABLISHED,
     Crowd,
     StreamClient,
+    allow_open_files,
     open_and_close,
     stalled_socket,
     tcp_state,
     wait_for,
 )
+from .publisher import Publisher, account, id_key
 from .services import (
     Daphne,
     LiveProject,
@@ -42,140 +40,10 @@ from .services import (
     redis_server,
 )
 
-
-def allow_open_files(count: int) -> None:
-    """Raise this process's open-files limit to ``count``; Daphne inherits it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < count:
-        assert hard >= count, f"open files are limited to {hard}; {count} are needed"
-        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
-
-
-def id_key(event_id: str) -> tuple[int, int]:
-    milliseconds, _, sequence = event_id.partition("-")
-    return int(milliseconds), int(sequence)
-
-
 # --- 1. Redis restarted under load --------------------------------------------------------------
 
 RESTART_CLIENTS = 500
 PUBLISH_PER_SECOND = 20
-
-
-@dataclass
-class Outcome:
-    status: int  # 0: no HTTP answer at all
-    event_id: str | None
-    answered_at: float  # time.monotonic(): one clock for every process of the machine
-
-    @property
-    def published_id(self) -> str:
-        """The id of the event it published (a 201 has one)."""
-        assert self.event_id is not None, self
-        return self.event_id
-
-
-class Publisher:
-    """Publishes broadcast events through the REST API at a steady rate and records every answer:
-    201 with the id, or the failure (503 while Redis is down).
-
-    It runs in a process of its own: in the test's process it would share one interpreter lock
-    with 500 clients, and publish at whatever pace they leave it. A few requests may be in
-    flight at once, so that the rate holds while a busy server answers slowly.
-    """
-
-    def __init__(self, server: Daphne, token: str, per_second: float) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._done = context.Event()
-        self._outcomes = context.Queue()
-        self._process = context.Process(
-            target=_publish_steadily,
-            args=(server.url, token, 1 / per_second, self._done, self._outcomes),
-            name="publisher",
-        )
-        self.outcomes: list[Outcome] = []
-
-    def start(self) -> None:
-        self._process.start()
-
-    def stop(self) -> None:
-        self._done.set()
-        self.outcomes = sorted(self._outcomes.get(timeout=30), key=lambda o: o.answered_at)
-        self._process.join(timeout=10)
-
-    def ok(self) -> list[Outcome]:
-        return [outcome for outcome in self.outcomes if outcome.status == 201]
-
-
-_PUBLISHES_IN_FLIGHT = 8
-
-
-def _publish_steadily(
-    url: str,
-    token: str,
-    interval: float,
-    done: multiprocessing.synchronize.Event,
-    outcomes: "multiprocessing.Queue[list[Outcome]]",
-) -> None:
-    slots = threading.BoundedSemaphore(_PUBLISHES_IN_FLIGHT)
-
-    def publish_one() -> Outcome:
-        try:
-            response = client.post("/api/events/", json={"type": "tick", "data": None})
-        except httpx.HTTPError:
-            return Outcome(0, None, time.monotonic())
-        finally:
-            slots.release()
-        event_id = response.json()["id"] if response.status_code == 201 else None
-        return Outcome(response.status_code, event_id, time.monotonic())
-
-    headers = {"Authorization": f"Token {token}"}
-    limits = httpx.Limits(max_connections=_PUBLISHES_IN_FLIGHT)
-    with (
-        httpx.Client(base_url=url, headers=headers, timeout=10, limits=limits) as client,
-        ThreadPoolExecutor(_PUBLISHES_IN_FLIGHT) as pool,
-    ):
-        sent = []
-        next_at = time.monotonic()
-        while not done.is_set():
-            slots.acquire()
-            sent.append(pool.submit(publish_one))
-            # A late tick is not made up for with a burst.
-            next_at = max(next_at + interval, time.monotonic())
-            done.wait(next_at - time.monotonic())
-        outcomes.put([future.result() for future in sent])
-
-
-@dataclass
-class Accounting:
-    """What became of the acknowledged events, for one client."""
-
-    delivered: int = 0
-    covered_by_reset: int = 0
-    lost: int = 0
-    out_of_order: int = 0  # repeated or going backwards
-
-
-def account(client: StreamClient, ok_ids: list[str], old_ids: set[str]) -> Accounting:
-    """An acknowledged event is lost for a client that neither received it nor got a ``reset``
-    covering it: a reset covers the events of the Redis that was lost (``old_ids``), and those
-    with an id up to its own (an empty id covers only the former: history was empty then)."""
-    result = Accounting()
-    ids = [message.id for message in client.events if message.event != "reset"]
-    keys = [id_key(event_id) for event_id in ids if event_id]
-    result.out_of_order = sum(later <= earlier for earlier, later in itertools.pairwise(keys))
-    received = set(ids)
-    reset_keys = [id_key(reset.id) for reset in client.resets if reset.id]
-    for event_id in ok_ids:
-        if event_id in received:
-            result.delivered += 1
-        elif client.resets and (
-            event_id in old_ids or any(id_key(event_id) <= key for key in reset_keys)
-        ):
-            result.covered_by_reset += 1
-        else:
-            result.lost += 1
-    return result
 
 
 @pytest.mark.proof
@@ -205,7 +73,7 @@ def test_redis_restart_under_500_streams_and_steady_publishing_loses_no_event(
             StreamClient(daphne.port, tokens["alice" if n % 2 else "bob"], keep_data=False)
             for n in range(RESTART_CLIENTS)
         ]
-        publisher = Publisher(daphne, tokens["staff"], PUBLISH_PER_SECOND)
+        publisher = Publisher([daphne], tokens["staff"], PUBLISH_PER_SECOND)
         with api(daphne, tokens["staff"]) as staff:
             run = asyncio.run(_restart_redis_under(clients, publisher, own_redis, staff))
         log = daphne.log()
@@ -215,7 +83,7 @@ def test_redis_restart_under_500_streams_and_steady_publishing_loses_no_event(
     ok_ids = [outcome.published_id for outcome in ok]
     old_ids = {outcome.published_id for outcome in ok if outcome.answered_at < run.restarted_at}
     new_ids = [event_id for event_id in ok_ids if event_id not in old_ids]
-    failed = [outcome for outcome in publisher.outcomes if outcome.status != 201]
+    failed = [outcome for outcome in publisher.outcomes if not outcome.acknowledged]
     accounts = [account(client, ok_ids, old_ids) for client in clients]
     delivered = [result.delivered for result in accounts]
     resets = [len(client.resets) for client in clients]
