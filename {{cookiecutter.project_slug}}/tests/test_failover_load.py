@@ -32,6 +32,8 @@ from .services import (
     redis_sentinels,
 )
 
+pytestmark = [pytest.mark.proof, pytest.mark.failover]
+
 PREFIX = "test-failover"
 PUBLISH_PER_SECOND = 20
 # A publish retried this long outlasts a failover (Sentinel's election takes a few seconds).
@@ -240,7 +242,6 @@ def report(name: str, counts: Counts, failovers: list[Failover], **extra: object
     return f"RELIABILITY: {name} {figures} {steps} {more}"
 
 
-@pytest.mark.proof
 @pytest.mark.timeout(240)
 def test_two_master_kills_under_200_streams_lose_no_acknowledged_event(
     live_project: LiveProject, tmp_path: Path
@@ -315,7 +316,6 @@ async def _settle(clients: list[StreamClient], publisher: Publisher) -> bool:
     )
 
 
-@pytest.mark.proof
 @pytest.mark.timeout(240)
 def test_a_partitioned_master_with_a_sentinel_lost_loses_no_acknowledged_event(
     live_project: LiveProject, tmp_path: Path
