@@ -67,6 +67,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Answers 429 for a sign-in refused over LOGIN_RATE (security/login_throttle.py).
+    "{{ cookiecutter.project_slug }}.security.login_throttle.LoginRateMiddleware",
     # After authentication: it asks whether the response is for a signed-in user.
     "{{ cookiecutter.project_slug }}.security.middleware.PrivateCacheControlMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -119,6 +121,15 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_REDIRECT_URL = "/"
+# Sign-in attempts, right or wrong, per account and per client address, over every process (a
+# rate such as "10/min"; empty = no limit). Over it: 429 with Retry-After, the right password
+# included, until the window has passed (docs/deployment.md).
+LOGIN_RATE = env.str("LOGIN_RATE", default="10/min")
+AUTHENTICATION_BACKENDS = [
+    # First: counts the attempt, and stops it over LOGIN_RATE before any password is checked.
+    "{{ cookiecutter.project_slug }}.security.login_throttle.LoginRateBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -273,9 +284,9 @@ EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS = env.int(
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
 
-# The cache holds the rate limits' counters and the revoked credentials that stream tickets are
-# checked against: in Redis when REDIS_URL is set, so that every process sees the same; otherwise
-# in this process's memory. Short socket timeouts: a frozen Redis must not hang requests.
+# The cache holds the revoked credentials that stream tickets are checked against: in Redis when
+# REDIS_URL is set, so that every process sees the same; otherwise in this process's memory.
+# Short socket timeouts: a frozen Redis must not hang requests.
 if REDIS_URL:
     CACHES = {
         "default": {

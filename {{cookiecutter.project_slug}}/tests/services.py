@@ -350,6 +350,7 @@ def prepare_project(directory: Path) -> LiveProject:
         "EVENTS_MAX_STREAMS_PER_USER": "0",
         "EVENTS_STREAM_RATE": "",
         "EVENTS_PUBLISH_RATE": "",
+        "LOGIN_RATE": "",
     }
     project = LiveProject(env)
     for args in (("migrate", "--noinput"), ("shell", "-c", _CREATE_USERS)):

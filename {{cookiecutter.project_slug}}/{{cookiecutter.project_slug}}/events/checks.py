@@ -3,10 +3,11 @@ first request that needs them."""
 
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.checks import Error, register
 from django.utils.module_loading import import_string
 
-from .api.throttles import PublishRateThrottle, StreamRateThrottle
+from .broker.rates import Rate
 from .broker.redis.urls import check_redis_url
 from .conf import event_settings
 
@@ -15,16 +16,17 @@ from .conf import event_settings
 def check_event_settings(**_: Any) -> list[Error]:
     settings = event_settings()
     errors = []
-    for name, throttle in (
-        ("EVENTS_STREAM_RATE", StreamRateThrottle),
-        ("EVENTS_PUBLISH_RATE", PublishRateThrottle),
+    for name, rate in (
+        ("EVENTS_STREAM_RATE", settings.stream_rate),
+        ("EVENTS_PUBLISH_RATE", settings.publish_rate),
+        ("LOGIN_RATE", django_settings.LOGIN_RATE),
     ):
         try:
-            throttle()  # parses its rate
-        except (ValueError, KeyError, IndexError):
+            Rate.parse(rate)
+        except ValueError:
             errors.append(
                 Error(
-                    f"{name}={getattr(settings, throttle.setting)!r} is not a rate.",
+                    f"{name}={rate!r} is not a rate.",
                     hint='Write it as "<number>/<s, min, hour or day>", e.g. "60/min", or leave '
                     "it empty for no limit.",
                     id="events.E001",

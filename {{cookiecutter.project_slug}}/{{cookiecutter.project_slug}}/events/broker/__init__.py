@@ -1,8 +1,8 @@
 """The broker: stores events with ids in a bounded history and carries them to every process.
 
 ``get_broker()`` is the configured one: Redis when ``REDIS_URL`` is set (``redis/``), otherwise
-one inside this process (``memory.py``). ``base.py`` is the contract both keep, and ``slots.py``
-the open-streams limit both count.
+one inside this process (``memory.py``). ``base.py`` is the contract both keep; ``slots.py`` the
+open-streams limit and ``rates.py`` the rate limits both count.
 
 Imports ``core``, ``telemetry``, ``conf`` and ``exceptions``; nothing of the layers above.
 """

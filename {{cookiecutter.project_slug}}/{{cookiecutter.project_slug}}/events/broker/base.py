@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..core.event import Draft, Event
+from .rates import RateLimits
 from .slots import StreamSlots
 
 # History is read in pages of this many entries, the next page only once the reader took the
@@ -114,6 +115,7 @@ class Feed(ABC):
 
 class Broker(ABC):
     stream_slots: StreamSlots  # the open streams of each user, over every process of this broker
+    rate_limits: RateLimits  # hits per window of each key (user and action), over the same
 
     @abstractmethod
     def publish(self, draft: Draft, once: Once | None = None) -> Publication:

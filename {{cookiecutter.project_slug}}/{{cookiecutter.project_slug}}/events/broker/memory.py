@@ -25,6 +25,7 @@ from .base import (
     Publication,
     envelope_digest,
 )
+from .rates import MemoryRateLimits
 from .slots import MemoryStreamSlots
 
 
@@ -36,6 +37,7 @@ class InMemoryBroker(Broker):
         self._last_id = (0, 0)
         self._feeds: set[_MemoryFeed] = set()
         self.stream_slots = MemoryStreamSlots()
+        self.rate_limits = MemoryRateLimits()
         # Idempotency keys seen: digest -> (event id, envelope digest, expiry), oldest first.
         self._seen: dict[str, tuple[str, str, float]] = {}
 

@@ -36,6 +36,7 @@ from ..base import AccessChange, Broker, Feed, FeedSink, Once, Publication, enve
 from .connection import RedisConnection
 from .feed import RedisFeed
 from .history import ACCESS_CHANGES_KEPT, RedisHistory
+from .rates import RedisRateLimits
 from .slots import RedisStreamSlots
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class RedisBroker(Broker):
         self.replication = replication
         self.history = RedisHistory(connection)
         self.stream_slots = RedisStreamSlots(connection)
+        self.rate_limits = RedisRateLimits(connection)
         self._publish_script = connection.script(_PUBLISH)
         self._signal_access_change_script = connection.script(_SIGNAL_ACCESS_CHANGE)
 

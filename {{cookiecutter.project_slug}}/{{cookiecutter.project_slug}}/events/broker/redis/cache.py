@@ -4,7 +4,7 @@ the master that Redis Sentinel names (``sentinel.py``).
 
 Django's ``RedisCacheClient`` builds a new ``redis.Redis`` (on a shared connection pool) for every
 ``get`` and ``set``, and building one (its table of response callbacks) costs more CPU than the
-command itself: two per stream accepted, for the rate limit's counter. A ``redis.Redis`` is
+command itself. A ``redis.Redis`` is
 thread-safe, so one of each does. (With several servers in ``LOCATION``, reads then stay on one
 replica; this project configures one, ``REDIS_URL``.)
 """

@@ -1,0 +1,84 @@
+"""Rate limits admit exactly their limit however many hits arrive at once, in one process and
+over every process sharing a Redis; a window that passes admits again."""
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ..broker.rates import MemoryRateLimits, Rate, RateLimits
+from ..broker.redis.connection import RedisConnection
+from ..broker.redis.rates import RedisRateLimits
+
+
+def redis_limits(redis_url: str, prefix: str) -> RedisRateLimits:
+    connection = RedisConnection(
+        redis_url,
+        prefix=prefix,
+        history_length=10,
+        max_payload_bytes=1000,
+        health_check_seconds=3,
+        signing_keys=("key",),
+    )
+    return RedisRateLimits(connection)
+
+
+def hit_together(limits: Sequence[RateLimits], hits: int, rate: Rate) -> list[float]:
+    """``hits`` hits of one key from 50 threads released at once, spread over ``limits`` (one
+    per process, as with several servers); the waits they were answered."""
+    start = threading.Barrier(50)
+
+    def one(n: int) -> float:
+        if n < 50:
+            start.wait()
+        return limits[n % len(limits)].hit("user-1", rate)
+
+    with ThreadPoolExecutor(50) as pool:
+        return list(pool.map(one, range(hits)))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_limits(request: pytest.FixtureRequest) -> Callable[[str], RateLimits]:
+    if request.param == "memory":
+        return lambda prefix: MemoryRateLimits()
+    redis_url: str = request.getfixturevalue("redis_url")
+    return lambda prefix: redis_limits(redis_url, prefix)
+
+
+def test_a_burst_gets_exactly_the_limit(make_limits: Callable[[str], RateLimits]) -> None:
+    waits = hit_together([make_limits("test-rates-burst")], hits=200, rate=Rate(60, 60))
+    assert sum(wait == 0 for wait in waits) == 60
+    refused = [wait for wait in waits if wait]
+    assert all(0 < wait <= 60 for wait in refused)
+
+
+def test_processes_sharing_a_redis_count_together(redis_url: str) -> None:
+    processes = [redis_limits(redis_url, "test-rates-shared") for _ in range(3)]
+    waits = hit_together(processes, hits=300, rate=Rate(100, 60))
+    assert sum(wait == 0 for wait in waits) == 100
+    # Another key (another user, or another action) counts apart.
+    assert processes[0].hit("user-2", Rate(100, 60)) == 0
+
+
+def test_hits_leave_the_window() -> None:
+    now = 1000.0
+    limits = MemoryRateLimits(clock=lambda: now)
+    rate = Rate(2, 60)
+    assert [limits.hit("k", rate) for _ in range(3)] == [0, 0, 60]
+    now += 30
+    assert limits.hit("k", rate) == 30  # the oldest hit leaves the window in 30 s
+    now += 30
+    assert limits.hit("k", rate) == 0
+
+
+def test_a_rate_of_zero_refuses_everything(make_limits: Callable[[str], RateLimits]) -> None:
+    assert make_limits("test-rates-zero").hit("k", Rate(0, 60)) == 60
+
+
+def test_a_redis_that_does_not_answer_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+    """A rate limit must not take the API down: the hit is admitted, not counted, and logged."""
+    limits = redis_limits("redis://127.0.0.1:1/0", "test-rates-down")
+    assert limits.hit("k", Rate(1, 60)) == 0
+    assert limits.hit("k", Rate(1, 60)) == 0
+    assert "Rate limit k not checked" in caplog.text
