@@ -133,7 +133,10 @@ def test_sentinel_profile_is_off_by_default_and_switched_on_by_env_example(baked
     assert db == "0"
     for name in profiled - {"redis-replica"}:
         script = services[name]["command"][-1]
-        assert f"sentinel monitor {service} redis 6379 2\n" in script
+        # The master another Sentinel names, else redis.
+        assert "master=redis\n" in script
+        assert f"sentinel get-master-addr-by-name {service} " in script
+        assert f"sentinel monitor {service} $$master 6379 2\n" in script
         assert services[name]["environment"] == {"SENTINEL_NAME": name}
     assert services["redis-replica"]["command"][-4:] == [
         "redis",
@@ -489,6 +492,17 @@ def test_events_flow_again_once_sentinel_promotes_the_replica(baked, stack_facto
             )
             ready = httpx.get(f"{base_url}/readyz", verify=trusted, timeout=5)
             assert ready.status_code == 200, ready.text
+
+        # A Sentinel restarted while the old master is down watches the new one.
+        stack.podman("restart", "--time", "2", sentinels[2], timeout=60)
+        wait_until(
+            lambda: (
+                sentinel(stack, sentinels[2], "get-master-addr-by-name", service)
+                == ["redis-replica", "6379"]
+            ),
+            timeout=30,
+            message="the restarted Sentinel to name redis-replica the master",
+        )
 
         # The old master comes back as a replica of the new one, by its name (the Sentinels
         # reconfigure it: docs/deployment.md), and copies what was published meanwhile.
