@@ -355,10 +355,18 @@ class Stack:
         )
         self.files = ["--file", str(project_dir / "compose.yaml"), "--file", str(override)]
 
+    def services(self) -> dict[str, dict]:
+        """compose.yaml's services that run: those of no profile, and those of the profiles
+        COMPOSE_PROFILES (in .env or the environment) turns on, as podman-compose reads them."""
+        names = self.podman.compose(
+            self.project_dir, self.name, *self.files, "config", "--services", variables=self.env
+        ).stdout.split()
+        return {name: self.compose_file["services"][name] for name in names}
+
     def up(self, scale: dict[str, int]) -> None:
         """`docker compose up --wait`: start the services one dependency level at a time, each
         once what it depends on is healthy, or has completed, as compose.yaml asks."""
-        services = self.compose_file["services"]
+        services = self.services()
         awaited = defaultdict(set)  # service -> the conditions other services wait for
         for spec in services.values():
             for dependency, requirement in spec.get("depends_on", {}).items():
