@@ -31,7 +31,7 @@ def run_own_tests(project: Path, *pytest_args: str, **variables: str) -> str:
         [str(python), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],
         cwd=project,
         env=project_env(python, CI="true", **variables),
-        timeout=1200,
+        timeout=1800,
     )
     summary = result.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary), summary
@@ -39,13 +39,13 @@ def run_own_tests(project: Path, *pytest_args: str, **variables: str) -> str:
     return summary
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2100)
 def test_default_project_passes_its_own_tests(baked, tmp_path: Path) -> None:
     project = shutil.copytree(baked(), tmp_path / "live_events", symlinks=True)
     run_own_tests(project)
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2100)
 def test_postgresql_gunicorn_project_without_demo_passes_its_own_tests(
     baked, postgres_server: str, tmp_path: Path
 ) -> None:

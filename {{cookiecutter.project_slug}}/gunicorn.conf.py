@@ -13,9 +13,10 @@ from typing import Any
 # the container's share of the machine: os.cpu_count() sees the whole host.
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1) + 1))
 
-# Only nginx can reach this port (it is not published), so trust the
-# X-Forwarded-* headers it sets whatever its address on the network.
-forwarded_allow_ips = "*"
+# X-Forwarded-Proto (https) is believed only from the proxies the settings
+# trust (TRUSTED_PROXIES, as in config/settings.py): whoever else reaches
+# this port cannot claim https.
+forwarded_allow_ips = os.environ.get("TRUSTED_PROXIES", "127.0.0.1/32,::1/128")
 
 # Access log to stdout, errors to stderr: the container runtime collects both.
 accesslog = "-"

@@ -60,14 +60,16 @@ INSTALLED_APPS = [
 
 # No GZipMiddleware: compressing an event stream buffers it, and events arrive late or never.
 MIDDLEWARE = [
-    # First: every later log line of the request carries its request id.
+    # Before anything reads the client's address: REMOTE_ADDR from TRUSTED_PROXIES only.
+    "{{ cookiecutter.project_slug }}.security.proxies.TrustedProxyMiddleware",
+    # Next: every later log line of the request carries its request id.
     "{{ cookiecutter.project_slug }}.observability.logs.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # Answers 429 for a sign-in refused over LOGIN_RATE (security/login_throttle.py).
+    # Answers 429 for a sign-in refused over a login rate (security/login_throttle.py).
     "{{ cookiecutter.project_slug }}.security.login_throttle.LoginRateMiddleware",
     # After authentication: it asks whether the response is for a signed-in user.
     "{{ cookiecutter.project_slug }}.security.middleware.PrivateCacheControlMiddleware",
@@ -121,15 +123,13 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_REDIRECT_URL = "/"
-# Sign-in attempts, right or wrong, per account and per client address, over every process (a
-# rate such as "10/min"; empty = no limit). Over it: 429 with Retry-After, the right password
-# included, until the window has passed (docs/deployment.md).
+# Sign-in attempts, right or wrong, per account and per client address, over every process (rates
+# such as "10/min"; empty = no limit). Over one: 429 with Retry-After, the right password included,
+# until the window has passed (docs/security.md). Many people can share an address.
 LOGIN_RATE = env.str("LOGIN_RATE", default="10/min")
-AUTHENTICATION_BACKENDS = [
-    # First: counts the attempt, and stops it over LOGIN_RATE before any password is checked.
-    "{{ cookiecutter.project_slug }}.security.login_throttle.LoginRateBackend",
-    "django.contrib.auth.backends.ModelBackend",
-]
+LOGIN_ADDRESS_RATE = env.str("LOGIN_ADDRESS_RATE", default="100/min")
+# Django's ModelBackend, stopping an attempt over a rate before its password is checked.
+AUTHENTICATION_BACKENDS = ["{{ cookiecutter.project_slug }}.security.login_throttle.LoginRateBackend"]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -141,6 +141,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Anonymous throttles key on REMOTE_ADDR, which TrustedProxyMiddleware set; by default DRF
+    # would take X-Forwarded-For whole, as the client wrote it.
+    "NUM_PROXIES": 0,
 }
 # The API's OpenAPI schema (GET /api/schema/) and its docs page (/api/docs/: DEBUG or staff).
 SPECTACULAR_SETTINGS = {
@@ -278,6 +281,11 @@ EVENTS_PUBLISH_REPLICAS = env.int("EVENTS_PUBLISH_REPLICAS", default=0)
 EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS = env.int(
     "EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS", default=1000
 )
+
+# The proxies in front of this server (CIDRs; empty: none): from them only, X-Forwarded-For and
+# X-Forwarded-Proto are believed, read from the right (security/proxies.py). compose.yaml and the
+# Kubernetes config name their nginx / ingress networks.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"])
 
 # GET /metrics (Prometheus): for requests with "Authorization: Bearer <METRICS_TOKEN>" (empty: no
 # token is accepted), or from these networks. The public nginx server does not proxy it.

@@ -113,4 +113,4 @@ def test_password_guessing_is_refused_over_the_login_rate_on_every_process(
     assert 0 < int(right.headers["Retry-After"]) <= 60
     assert "Too many sign-in attempts" in right.text
     assert "sessionid" not in right.cookies
-    assert log.count("Sign-in refused over LOGIN_RATE for 'alice'") == 16
+    assert log.count("Sign-in refused over the login rates for 'alice'") == 16

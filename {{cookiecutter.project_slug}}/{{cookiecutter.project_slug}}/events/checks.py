@@ -20,6 +20,7 @@ def check_event_settings(**_: Any) -> list[Error]:
         ("EVENTS_STREAM_RATE", settings.stream_rate),
         ("EVENTS_PUBLISH_RATE", settings.publish_rate),
         ("LOGIN_RATE", django_settings.LOGIN_RATE),
+        ("LOGIN_ADDRESS_RATE", django_settings.LOGIN_ADDRESS_RATE),
     ):
         try:
             Rate.parse(rate)
