@@ -72,6 +72,7 @@ def nginx_config(
         "NGINX_PLAIN_HTTP": plain_http,
         "NGINX_ASGI_UPSTREAM": ";\n    server ".join(asgi_upstreams),
         "NGINX_STATIC_ROOT": str(static_root or project / "staticfiles"),
+        "NGINX_ACCESS_LOG": str(directory / "access.log"),
         "NGINX_STREAMS_PER_IP": str(
             worker_connections if streams_per_ip is None else streams_per_ip
         ),

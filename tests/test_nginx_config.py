@@ -412,6 +412,36 @@ def test_streams_over_the_per_address_limit_get_429_as_json(baked, topology, tmp
         assert "[warn]" in refusals[0]
 
 
+@pytest.mark.timeout(60)
+def test_the_access_log_hides_stream_tickets(baked, tmp_path):
+    """A stream ticket opens streams until it expires: the access log writes the request line
+    with its value hidden, and the rest of the line as before."""
+    nginx = require_binary("nginx", "/usr/sbin")
+    project = baked()
+    ticket = "gAAAAABsecret-ticket_value="
+    with ExitStack() as running:
+        upstream = running.enter_context(StubUpstream().running())
+        port = free_port()
+        config = nginx_config(
+            project, tmp_path / "nginx", port=port, asgi_upstreams=[f"127.0.0.1:{upstream.port}"]
+        )
+        command = nginx_command(nginx, config, "daemon off;")
+        server = Server("nginx", command, port, tmp_path, dict(os.environ), tmp_path / "nginx.log")
+        running.callback(server.stop)
+        server.start()
+        for query in (f"ticket={ticket}", f"topic=news&ticket={ticket}&x=1"):
+            connection, response = request(port, f"{STREAM_PATH}?{query}")
+            assert response.status == 200
+            assert response.readline() == STREAM_GREETING
+            connection.close()
+        upstream.wait_for_open_streams(0)
+    log = (tmp_path / "nginx" / "access.log").read_text()
+    assert "ticket" in log  # the lines are there,
+    assert "secret" not in log  # without the ticket
+    assert f"GET {STREAM_PATH}?ticket=[hidden] HTTP/1.1" in log
+    assert f"GET {STREAM_PATH}?topic=news&ticket=[hidden]&x=1 HTTP/1.1" in log
+
+
 # --- Balancing streams over replicas, in a real nginx with several workers -------------------
 
 BALANCED_STREAMS = 8

@@ -18,8 +18,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1) + 1))
 # this port cannot claim https.
 forwarded_allow_ips = os.environ.get("TRUSTED_PROXIES", "127.0.0.1/32,::1/128")
 
-# Access log to stdout, errors to stderr: the container runtime collects both.
-accesslog = "-"
+# No access log of gunicorn's own: it would write a stream ticket whole; the
+# application logs every request itself (observability/access_log.py). Errors
+# go to stderr, which the container runtime collects.
+accesslog = None
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 # Worker heartbeats go to memory rather than to the container's overlay

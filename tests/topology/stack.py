@@ -116,7 +116,7 @@ def loopback_stack(
         servers = []
         for number in range(1, daphnes + 1):
             port = free_port()
-            daphne = [str(python), "-m", "daphne", "-b", "127.0.0.1"]
+            daphne = [str(python), "-m", "daphne", "-v", "0", "-b", "127.0.0.1"]
             command = [*daphne, "-p", str(port), "config.asgi:application"]
             servers.append(start(f"daphne-{number}", command, port))
         gunicorn = None

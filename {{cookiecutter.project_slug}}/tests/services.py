@@ -376,7 +376,8 @@ class Daphne:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Daphne":
-        daphne = [sys.executable, "-m", "daphne"]
+        # As the Dockerfile runs it: without Daphne's own access log (the project's logs).
+        daphne = [sys.executable, "-m", "daphne", "-v", "0"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [

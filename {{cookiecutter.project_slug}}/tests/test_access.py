@@ -8,6 +8,7 @@ long-lived secret in the URL, and stop working with the credential that asked fo
 """
 
 import asyncio
+import base64
 import os
 import re
 import secrets
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -427,6 +429,31 @@ def test_a_ticket_opens_its_users_stream_of_its_topics_without_other_credentials
         forged = stream_status(anonymous, ticket=issued["ticket"][:-2] + "xx")
         assert forged.status_code == 401
         assert forged.json() == {"detail": "Invalid stream ticket."}
+
+
+def test_a_ticket_reveals_nothing_and_is_written_to_no_log(pair: Pair, user: User) -> None:
+    """Decoded, a ticket shows neither the user, the topics nor the credential's kind; used
+    (opening a stream, and refused for a topic it does not hold), it appears in no line of either
+    process's log, whose access lines hide it."""
+    with api(pair.first, user.token) as client:
+        issued = ticket_for(client, "news", "scores.golf")
+        fingerprint = pair.shell(
+            "from django.utils.crypto import salted_hmac\n"  # as access/credentials.py names it
+            f"print(salted_hmac('events.access.fingerprint', {user.token!r}).hexdigest()[:32])"
+        ).strip()
+    raw = base64.urlsafe_b64decode(issued["ticket"] + "=" * (-len(issued["ticket"]) % 4))
+    for revealing in (b"news", b"scores.golf", b"token", fingerprint.encode()):
+        assert revealing not in raw
+    with httpx.Client(base_url=pair.second.url, timeout=10) as anonymous:
+        with anonymous.stream("GET", issued["url"]) as response:
+            assert response.status_code == 200
+            EventStream(response).take_all(1)
+        assert stream_status(anonymous, ticket=issued["ticket"], topic="sports").status_code == 403
+    logs = pair.first.log() + pair.second.log()
+    for form in (issued["ticket"], quote(issued["ticket"], safe=""), issued["ticket"][:20]):
+        assert form not in logs
+    assert '"GET /api/events/stream/?ticket=[hidden]" 200' in logs
+    assert '"GET /api/events/stream/?ticket=[hidden]&topic=sports" 403' in logs
 
 
 def test_a_stream_may_read_fewer_topics_than_its_ticket(pair: Pair, user: User) -> None:

@@ -212,12 +212,15 @@ def test_a_stream_logs_one_json_line_when_it_opens_and_one_when_it_ends(
             assert len(stream.take(5)) == 5
     alice_pk = live_project.tokens["alice_pk"]
 
-    def stream_lines() -> list[dict]:
+    def request_lines() -> list[dict]:
         return [line for line in json_lines(server) if line.get("request_id") == request_id]
 
-    wait_for(lambda: any(line.get("reason") for line in stream_lines()))
-    lines = stream_lines()
-    opened, ended = lines  # nothing per event
+    wait_for(lambda: any(line.get("reason") for line in request_lines()))
+    access = [line for line in request_lines() if line["logger"].endswith(".access_log")]
+    opened, ended = [line for line in request_lines() if line not in access]  # none per event
+    [request] = access  # the request's access line, with its answer
+    assert (request["status"], request["client"]) == (200, "127.0.0.1")
+    assert request["message"] == '127.0.0.1 "GET /api/events/stream/" 200'
     assert opened["level"] == "INFO"
     assert {"time", "logger", "message"} <= opened.keys()
     assert opened["user_id"] == ended["user_id"] == alice_pk

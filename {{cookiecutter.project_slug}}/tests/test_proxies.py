@@ -66,6 +66,6 @@ def test_a_forged_x_forwarded_for_changes_nothing_unless_a_trusted_proxy_sent_it
         log = daphne.log()
     assert statuses == [200, 200, 200, 429, 429]
     # Logs name the real peer.
-    assert f"{DIRECT}:" in log
+    assert f'{DIRECT} "GET /metrics" 403' in log
     assert "10.0.0." not in log
     assert f"from {DIRECT}" in log  # the refused sign-ins

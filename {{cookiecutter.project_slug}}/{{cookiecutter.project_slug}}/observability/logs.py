@@ -2,9 +2,10 @@
 
 ``RequestContextMiddleware`` remembers the request for as long as it is handled (a stream's
 request: as long as the stream lasts), and takes the request id from nginx's ``X-Request-ID``
-header, or makes one. ``RequestContextFilter`` adds ``request_id`` and ``user_id`` to the records
-logged meanwhile; lines about a stream or an event add ``stream_id`` and ``event_id`` themselves.
-The JSON formatter (``LOG_FORMAT=json``) writes them as fields.
+header, or makes one; it writes each request's access line too (``access_log.py``).
+``RequestContextFilter`` adds ``request_id`` and ``user_id`` to the records logged meanwhile;
+lines about a stream or an event add ``stream_id`` and ``event_id`` themselves. The JSON formatter
+(``LOG_FORMAT=json``) writes them as fields.
 """
 
 import logging
@@ -18,6 +19,8 @@ from django.core.signals import request_finished
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.functional import SimpleLazyObject, empty
+
+from .access_log import log_request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A request id from the proxy is kept only if it looks like one: it ends up in every log line.
@@ -47,6 +50,7 @@ class RequestContextMiddleware:
         response = self.get_response(request)
         assert isinstance(response, HttpResponseBase)
         response[REQUEST_ID_HEADER] = request_id
+        log_request(request, response)
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
@@ -54,6 +58,7 @@ class RequestContextMiddleware:
         response = await self.get_response(request)  # type: ignore[misc]
         assert isinstance(response, HttpResponseBase)
         response[REQUEST_ID_HEADER] = request_id
+        log_request(request, response)
         return response
 
     def _begin(self, request: HttpRequest) -> str:

@@ -198,9 +198,9 @@ class StreamTicketView(APIView):
         serializer.is_valid(raise_exception=True)
         topics = readable_topics(request.user, serializer.validated_data["topics"], field="topics")
         ticket = StreamTicket(str(request.user.pk), tuple(topics), Credential.of_request(request))
-        signed = ticket.sign()
-        url = f"{reverse('events:stream')}?{urlencode({TICKET_PARAMETER: signed})}"
-        body = {"ticket": signed, "expires_in": event_settings().ticket_seconds, "url": url}
+        sealed = ticket.seal()
+        url = f"{reverse('events:stream')}?{urlencode({TICKET_PARAMETER: sealed})}"
+        body = {"ticket": sealed, "expires_in": event_settings().ticket_seconds, "url": url}
         return Response(body, status=status.HTTP_201_CREATED)
 
 
