@@ -538,6 +538,44 @@ def test_a_tickets_stream_ends_and_the_ticket_is_refused_when_its_session_ends(
             assert "revoked" in refused.json()["detail"]
 
 
+@pytest.mark.parametrize("how", ["deleted by an admin", "cleared as expired"])
+def test_streams_end_when_their_session_ends_without_logout(
+    pair: Pair, user: User, how: str
+) -> None:
+    """A session deleted in the database by another process (no logout): its own stream and the
+    stream of a ticket it issued end with ``session-ended``; they cannot reconnect."""
+    with signed_in_browser(pair.first, user.name, user.password) as browser:
+        session_key = browser.cookies["sessionid"]
+        csrf = {"X-CSRFToken": browser.cookies["csrftoken"]}
+        issued = browser.post("/api/events/tickets/", json={"topics": []}, headers=csrf).json()
+        with (
+            httpx.Client(base_url=pair.second.url, timeout=10) as page,
+            page.stream("GET", issued["url"]) as by_ticket,
+            open_stream(browser) as by_session,
+        ):
+            assert by_ticket.status_code == 200
+            ticket_stream = EventStream(by_ticket)
+            ticket_stream.take_all(1)
+            by_session.take_all(1)
+            if how == "deleted by an admin":
+                end = f"Session.objects.filter(session_key={session_key!r}).delete()"
+            else:  # what clearsessions deletes
+                end = (
+                    f"Session.objects.filter(session_key={session_key!r})"
+                    ".update(expire_date=timezone.now())\n"
+                    "call_command('clearsessions')"
+                )
+            pair.shell(
+                "from django.contrib.sessions.models import Session\n"
+                "from django.core.management import call_command\n"
+                "from django.utils import timezone\n" + end
+            )
+            assert revoked_reason(by_session) == "session-ended"
+            assert revoked_reason(ticket_stream) == "session-ended"
+            assert stream_status(page, ticket=issued["ticket"]).status_code == 401
+        assert stream_status(browser).status_code in (401, 403)
+
+
 def test_a_ticket_of_a_deleted_token_is_refused(pair: Pair, user: User) -> None:
     with api(pair.first, user.token) as client:
         issued = ticket_for(client, "news")

@@ -1,6 +1,7 @@
 """Django's own changes of access, sent to every process's open streams (``revocation.py``).
 
-- logout: the streams of that session (and of the tickets it issued);
+- logout, or a session deleted otherwise (by an admin, ``clearsessions``, a queryset's delete):
+  the streams of that session (and of the tickets it issued);
 - a deleted token: the streams of that token (and of its tickets);
 - a password change, a deactivated or deleted user: the streams whose credential no longer holds;
 - permissions or groups changed: the streams of a topic the authorizer now denies.
@@ -11,9 +12,10 @@ Connected once, when the app is ready (``apps.py``).
 import functools
 from typing import Any
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import SESSION_KEY, get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.contrib.auth.signals import user_logged_out
+from django.contrib.sessions.models import Session
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.http import HttpRequest
@@ -29,6 +31,7 @@ _HARMLESS_USER_FIELDS = frozenset({"last_login"})
 def connect_signals() -> None:
     user_model = get_user_model()
     user_logged_out.connect(_logged_out, dispatch_uid="events.revocation.logout")
+    post_delete.connect(_session_deleted, sender=Session, dispatch_uid="events.revocation.session")
     post_delete.connect(_token_deleted, sender=Token, dispatch_uid="events.revocation.token")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="events.revocation.user")
     post_delete.connect(_user_deleted, sender=user_model, dispatch_uid="events.revocation.gone")
@@ -46,6 +49,14 @@ def _logged_out(sender: Any, request: HttpRequest, user: AbstractBaseUser | None
     session_key = request.session.session_key  # sent before the session is flushed
     if user is not None and session_key:
         recheck_streams(user, credential=fingerprint(session_key), reason=SESSION_ENDED)
+
+
+def _session_deleted(sender: Any, instance: Session, **_: Any) -> None:
+    # A session of the database (Django's db and cached_db engines). One that ends without
+    # logout leaves no other trace: the streams it opened would go on.
+    user_pk = instance.get_decoded().get(SESSION_KEY)
+    if user_pk is not None:
+        recheck_streams(user_pk, credential=fingerprint(instance.session_key), reason=SESSION_ENDED)
 
 
 def _token_deleted(sender: Any, instance: Token, **_: Any) -> None:
