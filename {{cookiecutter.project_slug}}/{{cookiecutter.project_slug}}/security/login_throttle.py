@@ -5,8 +5,10 @@ Every ``authenticate()`` with a username (the sign-in page, the admin's) counts 
 that username and one for the client's address (``proxies.py``: not one the client can choose),
 right or wrong, in the events broker's rate limits (``events/broker/rates.py``: in Redis when
 ``REDIS_URL`` is set). Over a rate, the attempt is refused without checking the password, and the
-page answers 429 with ``Retry-After``: the right password too is refused until then. Counting attempts rather than failures is what makes the
-count exact: whether a password was wrong is known only after the check, too late for a burst.
+page answers 429 with ``Retry-After``: the right password too is refused until then. Counting
+attempts rather than failures is what makes the count exact: whether a password was wrong is
+known only after the check, too late for a burst.
+
 Per account, whoever makes the attempts, a guesser spread over many addresses is held too; the
 price is that one can hold up another's sign-in for a window (no longer: nothing is locked for
 good). Per address, one guesser cannot try many accounts; that rate is higher because many people
