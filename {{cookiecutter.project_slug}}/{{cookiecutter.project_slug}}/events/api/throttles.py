@@ -12,7 +12,7 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from ..broker import get_broker
-from ..broker.rates import Rate
+from ..broker.rates import Rate, RateCheck
 from ..conf import event_settings
 
 
@@ -32,11 +32,17 @@ class _EventRateThrottle(UserRateThrottle):
         rate: str | None = getattr(event_settings(), self.setting)
         return rate
 
-    def allow_request(self, request: Request, view: APIView) -> bool:
+    def rate_check(self, request: Request, view: APIView) -> RateCheck | None:
+        """The hit this request counts (None: not limited), for DRF's check below or for a
+        stream's admission, where it is counted with the stream's slot (``views.py``)."""
         key = None if self._rate is None else self.get_cache_key(request, view)
-        if self._rate is None or key is None:
+        return None if self._rate is None or key is None else RateCheck(key, self._rate)
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        check = self.rate_check(request, view)
+        if check is None:
             return True
-        self._wait = get_broker().rate_limits.hit(key, self._rate)
+        self._wait = get_broker().rate_limits.hit(check.key, check.rate)
         return self._wait == 0
 
     def wait(self) -> float | None:
@@ -44,7 +50,8 @@ class _EventRateThrottle(UserRateThrottle):
 
 
 class StreamRateThrottle(_EventRateThrottle):
-    """New streams per user (``EVENTS_STREAM_RATE``); tickets count as streams too."""
+    """New streams per user (``EVENTS_STREAM_RATE``); tickets count as streams too. The stream
+    view counts its hit itself, with its slot (``rate_check``)."""
 
     scope = "events.stream"
     setting = "stream_rate"

@@ -30,12 +30,14 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from ..access.credentials import Credential
 from ..access.recheck import StreamAccess
 from ..access.tickets import TICKET_PARAMETER, StreamTicket, StreamTicketAuthentication
 from ..broker import get_broker
+from ..broker.rates import OverRate
 from ..conf import EventSettings, event_settings
 from ..core.channels import BROADCAST, topic_channel, user_channel
 from ..core.event import parse_event_id
@@ -82,7 +84,8 @@ class EventStreamView(APIView):
         StreamTicketAuthentication,
     ]
     permission_classes = [IsAuthenticated]
-    throttle_classes = [StreamRateThrottle]
+    # EVENTS_STREAM_RATE is counted in get(), with the stream's slot: one call to Redis for both.
+    throttle_classes: list[type[BaseThrottle]] = []
 
     @extend_schema(**STREAM)
     def get(self, request: Request) -> EventStreamResponse:
@@ -94,8 +97,32 @@ class EventStreamView(APIView):
         channels = frozenset([BROADCAST, user_channel(user_key), *map(topic_channel, topics)])
         credential = ticket.credential if ticket else Credential.of_request(request)
         access = StreamAccess(user_key, credential, tuple(topics))
-        slot = _stream_slot(user_key, settings)
+        slot = self._admit(request, user_key, settings)
         return EventStreamResponse(EventStream(channels, last_event_id, settings, access, slot))
+
+    def _admit(
+        self, request: Request, user_key: str, settings: EventSettings
+    ) -> AbstractAsyncContextManager[Any]:
+        """What the stream holds while it runs: one of its user's EVENTS_MAX_STREAMS_PER_USER,
+        taken in one step with the count of its user's new streams (EVENTS_STREAM_RATE, which
+        tickets count toward too)."""
+        rate = StreamRateThrottle().rate_check(request, self)
+        limit = settings.max_streams_per_user
+        broker = get_broker()
+        if limit <= 0:
+            if rate is not None and (wait := broker.rate_limits.hit(rate.key, rate.rate)):
+                raise Throttled(wait=wait)
+            return nullcontext()
+        try:
+            slot = broker.stream_slots.acquire(user_key, limit, rate)
+        except OverRate as over:
+            raise Throttled(wait=over.wait_seconds) from None
+        if slot is None:
+            raise Throttled(
+                wait=_STREAM_LIMIT_RETRY_SECONDS,
+                detail=f"Too many open streams: at most {limit} per user. Close one first.",
+            )
+        return broker.stream_slots.hold(slot)
 
     def _last_event_id(self, request: Request) -> str | None:
         last_event_id = request.headers.get("Last-Event-ID") or request.query_params.get(
@@ -145,21 +172,6 @@ def _stream_topics(request: Request, ticket: StreamTicket | None) -> list[str]:
             raise PermissionDenied(f"This stream ticket is not for topic(s): {', '.join(outside)}.")
         topics = topics or list(ticket.topics)
     return readable_topics(request.user, topics, field="topic")
-
-
-def _stream_slot(user_key: str, settings: EventSettings) -> AbstractAsyncContextManager[Any]:
-    """What the stream holds while it runs: one of its user's EVENTS_MAX_STREAMS_PER_USER."""
-    limit = settings.max_streams_per_user
-    if limit <= 0:
-        return nullcontext()
-    slots = get_broker().stream_slots
-    slot = slots.acquire(user_key, limit)
-    if slot is None:
-        raise Throttled(
-            wait=_STREAM_LIMIT_RETRY_SECONDS,
-            detail=f"Too many open streams: at most {limit} per user. Close one first.",
-        )
-    return slots.hold(slot)
 
 
 class StreamTicketView(APIView):

@@ -36,8 +36,8 @@ class InMemoryBroker(Broker):
         self._lock = threading.Lock()
         self._last_id = (0, 0)
         self._feeds: set[_MemoryFeed] = set()
-        self.stream_slots = MemoryStreamSlots()
         self.rate_limits = MemoryRateLimits()
+        self.stream_slots = MemoryStreamSlots(self.rate_limits)
         # Idempotency keys seen: digest -> (event id, envelope digest, expiry), oldest first.
         self._seen: dict[str, tuple[str, str, float]] = {}
 

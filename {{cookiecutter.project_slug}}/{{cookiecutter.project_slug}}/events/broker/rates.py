@@ -36,6 +36,23 @@ class Rate:
         return cls(int(number), _PERIOD_SECONDS[period[0]])
 
 
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    """A hit of ``key`` to count at ``rate``, in the same step as taking a stream slot
+    (``slots.py``): a stream's admission is one call to Redis."""
+
+    key: str
+    rate: Rate
+
+
+class OverRate(Exception):
+    """The rate of a ``RateCheck`` refused the hit: nothing was taken."""
+
+    def __init__(self, wait_seconds: float) -> None:
+        super().__init__(f"over the rate; retry in {wait_seconds:.0f} s")
+        self.wait_seconds = wait_seconds
+
+
 class RateLimits(ABC):
     @abstractmethod
     def hit(self, key: str, rate: Rate) -> float:

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
+from .rates import MemoryRateLimits, OverRate, RateCheck, RateLimits
+
 # A crashed process's streams stop counting against their users after this long.
 LEASE_SECONDS = 30
 
@@ -26,10 +28,11 @@ class Slot:
 
 class StreamSlots(ABC):
     @abstractmethod
-    def acquire(self, user: str, limit: int) -> Slot | None:
-        """A slot for one more stream of ``user``, or None if ``limit`` are taken. Fails open (a
-        slot that counts nowhere) when the count cannot be read: the stream itself then finds
-        out whether the broker works."""
+    def acquire(self, user: str, limit: int, rate: RateCheck | None = None) -> Slot | None:
+        """A slot for one more stream of ``user``, or None if ``limit`` are taken. With ``rate``,
+        its hit is counted in the same step, first: over the rate, raises OverRate and takes
+        nothing. Fails open (a slot that counts nowhere, a hit not counted) when the counts
+        cannot be read: the stream itself then finds out whether the broker works."""
 
     @abstractmethod
     def hold(self, slot: Slot) -> AbstractAsyncContextManager[None]:
@@ -42,14 +45,19 @@ class MemoryStreamSlots(StreamSlots):
     Redis; held by its stream, it lasts as long as the stream (the process holding it is this
     one, alive)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate_limits: RateLimits | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._lock = threading.Lock()  # acquired in request threads, released on the event loop
+        self._rate_limits = rate_limits or MemoryRateLimits()
         self._clock = clock
         # Per user, each slot's expiry, or None while its stream holds it.
         self._slots: dict[str, dict[str, float | None]] = {}
         self._serial = 0
 
-    def acquire(self, user: str, limit: int) -> Slot | None:
+    def acquire(self, user: str, limit: int, rate: RateCheck | None = None) -> Slot | None:
+        if rate is not None and (wait := self._rate_limits.hit(rate.key, rate.rate)):
+            raise OverRate(wait)
         with self._lock:
             now = self._clock()
             slots = self._slots.setdefault(user, {})

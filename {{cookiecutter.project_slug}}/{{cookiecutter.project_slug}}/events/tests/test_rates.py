@@ -1,5 +1,6 @@
 """Rate limits admit exactly their limit however many hits arrive at once, in one process and
-over every process sharing a Redis; a window that passes admits again."""
+over every process sharing a Redis; a window that passes admits again. A stream's admission
+counts its rate and takes its slot in one step."""
 
 import threading
 from collections.abc import Callable, Sequence
@@ -7,9 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ..broker.rates import MemoryRateLimits, Rate, RateLimits
+from ..broker.rates import MemoryRateLimits, OverRate, Rate, RateCheck, RateLimits
 from ..broker.redis.connection import RedisConnection
 from ..broker.redis.rates import RedisRateLimits
+from ..broker.redis.slots import RedisStreamSlots
+from ..broker.slots import MemoryStreamSlots, StreamSlots
 
 
 def redis_limits(redis_url: str, prefix: str) -> RedisRateLimits:
@@ -82,3 +85,63 @@ def test_a_redis_that_does_not_answer_fails_open(caplog: pytest.LogCaptureFixtur
     assert limits.hit("k", Rate(1, 60)) == 0
     assert limits.hit("k", Rate(1, 60)) == 0
     assert "Rate limit k not checked" in caplog.text
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_slots(request: pytest.FixtureRequest) -> Callable[[str], StreamSlots]:
+    if request.param == "memory":
+        return lambda prefix: MemoryStreamSlots()
+    redis_url: str = request.getfixturevalue("redis_url")
+    return lambda prefix: RedisStreamSlots(redis_limits(redis_url, prefix)._connection)
+
+
+def test_a_stream_is_admitted_by_its_rate_and_its_slots_together(
+    make_slots: Callable[[str], StreamSlots],
+) -> None:
+    """Over the rate, nothing is taken; under it, the hit counts even when the slots are full
+    (as every request a rate lets through does)."""
+    slots = make_slots("test-rates-admission")
+    rate = RateCheck("streams-of-alice", Rate(3, 60))
+    taken = [slots.acquire("alice", 2, rate) for _ in range(3)]
+    assert [slot is not None for slot in taken] == [True, True, False]  # the third: slots full
+    with pytest.raises(OverRate) as over:
+        slots.acquire("alice", 100, rate)  # room for slots, not for the rate
+    assert 0 < over.value.wait_seconds <= 60
+    assert slots.acquire("bob", 2, RateCheck("streams-of-bob", Rate(3, 60))) is not None
+
+
+def test_a_burst_of_streams_gets_exactly_the_rate(make_slots: Callable[[str], StreamSlots]) -> None:
+    slots = make_slots("test-rates-admission-burst")
+    rate = RateCheck("streams-of-carol", Rate(10, 60))
+    start = threading.Barrier(50)
+
+    def admit(_: int) -> str:
+        start.wait()
+        try:
+            return "slot" if slots.acquire("carol", 100, rate) is not None else "full"
+        except OverRate:
+            return "over"
+
+    with ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(admit, range(50)))
+    assert sorted(outcomes) == ["over"] * 40 + ["slot"] * 10
+
+
+def test_a_streams_admission_is_one_call_to_redis(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = redis_limits(redis_url, "test-rates-one-call")._connection
+    slots = RedisStreamSlots(connection)
+    rate = RateCheck("streams-of-dave", Rate(100, 60))
+    slots.acquire("dave", 8, rate)  # the script loaded
+    sent: list[object] = []
+    send = connection.sync_client.execute_command
+
+    def counted(*args: object, **options: object) -> object:
+        sent.append(args[0])
+        return send(*args, **options)
+
+    monkeypatch.setattr(connection.sync_client, "execute_command", counted)
+    for _ in range(5):
+        assert slots.acquire("dave", 8, rate) is not None
+    assert sent == ["EVALSHA"] * 5

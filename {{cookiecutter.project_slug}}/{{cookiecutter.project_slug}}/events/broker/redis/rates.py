@@ -16,21 +16,30 @@ from .unanswered import unanswered
 
 logger = logging.getLogger(__name__)
 
-# Returns 0 when the hit is counted, else the milliseconds until the oldest hit leaves the window.
-_HIT = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= limit then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if oldest[2] == nil then return window end
-  return math.max(tonumber(oldest[2]) + window - now, 1)
+# A Lua function, also part of the stream admission script (slots.py): counts a hit named ``name``
+# of ``key`` and returns 0 if fewer than ``limit`` were counted in the last ``window`` milliseconds;
+# otherwise counts nothing and returns the milliseconds until the oldest hit leaves the window.
+HIT_FUNCTION = """
+local function hit(key, limit, window, name)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if oldest[2] == nil then return window end
+    return math.max(tonumber(oldest[2]) + window - now, 1)
+  end
+  redis.call('ZADD', key, now, name)
+  redis.call('PEXPIRE', key, window)
+  return 0
 end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], window)
-return 0
 """
+_HIT = HIT_FUNCTION + "return hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])"
+
+
+def rate_key(connection: RedisConnection, key: str) -> str:
+    """Where the hits of ``key`` are kept."""
+    return connection.key("rate", key)
 
 
 class RedisRateLimits(RateLimits):
@@ -48,7 +57,7 @@ class RedisRateLimits(RateLimits):
             return 0.0
         try:
             wait_milliseconds = self._hit(
-                keys=[self._connection.key("rate", key)],
+                keys=[rate_key(self._connection, key)],
                 args=[
                     rate.limit,
                     rate.window_seconds * 1000,

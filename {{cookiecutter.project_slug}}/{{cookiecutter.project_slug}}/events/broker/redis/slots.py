@@ -17,14 +17,24 @@ from contextlib import asynccontextmanager
 
 import redis
 
+from ..rates import OverRate, RateCheck
 from ..slots import LEASE_SECONDS, Slot, StreamSlots
 from .connection import RedisConnection
+from .rates import HIT_FUNCTION, rate_key
 from .unanswered import unanswered
 
 logger = logging.getLogger(__name__)
 
-# Drops expired slots, then takes one if fewer than the limit are left.
-_ACQUIRE = """
+# Counts the stream's rate (when KEYS[2], its key, is given; ``rates.py``), then drops expired
+# slots and takes one if fewer than the limit are left: a stream's admission in one call. Returns 1
+# (taken), 0 (the limit is reached) or, over the rate, minus the milliseconds to wait.
+_ACQUIRE = (
+    HIT_FUNCTION
+    + """
+if #KEYS > 1 then
+  local wait = hit(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[3])
+  if wait > 0 then return -wait end
+end
 local now = tonumber(redis.call('TIME')[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
@@ -32,6 +42,7 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+)
 # Renews (or writes again, if Redis lost them) the slots this process holds.
 _RENEW = """
 local expiry = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[1])
@@ -67,19 +78,26 @@ class RedisStreamSlots(StreamSlots):
     def _key(self, user: str) -> str:
         return self._connection.key("streams", "user", user)
 
-    def acquire(self, user: str, limit: int) -> Slot | None:
+    def acquire(self, user: str, limit: int, rate: RateCheck | None = None) -> Slot | None:
         self._serial += 1  # under the GIL; uniqueness, not order, is what matters
         slot = Slot(user, f"{self._process}:{self._serial}")
         if self._unanswered.lately():  # see unanswered.py
-            logger.debug("Stream limit not checked: Redis left a call unanswered lately")
+            logger.debug("Stream limits not checked: Redis left a call unanswered lately")
             return slot
+        keys = [self._key(user)]
+        args: list[str | int] = [limit, LEASE_SECONDS, slot.name]
+        if rate is not None:  # the slot's name, unique, names the hit too
+            keys.append(rate_key(self._connection, rate.key))
+            args += [rate.rate.limit, rate.rate.window_seconds * 1000]
         try:
-            taken = self._acquire(keys=[self._key(user)], args=[limit, LEASE_SECONDS, slot.name])
+            taken = self._acquire(keys=keys, args=args)
         except redis.RedisError as error:
             if isinstance(error, redis.TimeoutError):
                 self._unanswered.timed_out()
-            logger.warning("Stream limit not checked: %s", error)
+            logger.warning("Stream limits not checked: %s", error)
             return slot
+        if taken < 0:
+            raise OverRate(-taken / 1000)
         return slot if taken else None
 
     @asynccontextmanager
