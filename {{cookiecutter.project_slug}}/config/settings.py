@@ -6,6 +6,7 @@ production-safe ones: DEBUG is off, SECRET_KEY is required, and the HTTPS-only p
 unless DEBUG is on.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -13,6 +14,18 @@ from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def networks(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list of CIDRs; a malformed one stops the start, not every request later."""
+    values: list[str] = env.list(name, default=default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as error:
+            raise ImproperlyConfigured(f"{name}: {error}.") from None
+    return values
+
 
 env = environ.Env()
 # Does nothing when the file is absent (containers, CI): then only the real environment counts.
@@ -285,12 +298,12 @@ EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS = env.int(
 # The proxies in front of this server (CIDRs; empty: none): from them only, X-Forwarded-For and
 # X-Forwarded-Proto are believed, read from the right (security/proxies.py). compose.yaml and the
 # Kubernetes config name their nginx / ingress networks.
-TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"])
+TRUSTED_PROXIES = networks("TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"])
 
 # GET /metrics (Prometheus): for requests with "Authorization: Bearer <METRICS_TOKEN>" (empty: no
 # token is accepted), or from these networks. The public nginx server does not proxy it.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
-METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+METRICS_ALLOWED_NETWORKS = networks("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
 
 # The cache holds the revoked credentials that stream tickets are checked against: in Redis when
 # REDIS_URL is set, so that every process sees the same; otherwise in this process's memory.

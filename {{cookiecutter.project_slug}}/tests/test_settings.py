@@ -262,6 +262,16 @@ def test_a_malformed_rate_or_authorizer_fails_the_startup_checks_with_a_clear_me
     assert "(events.E001) EVENTS_PUBLISH_RATE='5/fortnight' is not a rate." in result.stderr
 
 
+def test_a_malformed_network_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    """Read per request, a malformed CIDR would answer every request 500 (TRUSTED_PROXIES) or
+    every scrape (METRICS_ALLOWED_NETWORKS)."""
+    for name in ("TRUSTED_PROXIES", "METRICS_ALLOWED_NETWORKS"):
+        with pytest.raises(SettingsError, match=f"{name}: '10.0.0.0/33' does not appear"):
+            load_settings(tmp_path / name, DEBUG="true", **{name: "127.0.0.1/32,10.0.0.0/33"})
+    allowed = load_settings(tmp_path / "ok", DEBUG="true", TRUSTED_PROXIES="10.1.2.3/8,::1")
+    assert allowed["TRUSTED_PROXIES"] == ["10.1.2.3/8", "::1"]
+
+
 def test_responses_are_never_compressed(client) -> None:
     """Compression would hold event streams back in buffers, so no response is compressed."""
     response = client.get("/accounts/login/", HTTP_ACCEPT_ENCODING="gzip, deflate, br")
