@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,15 +142,48 @@ async def steady_delivery(clients: list[StreamClient], events: int) -> None:
     ), "events do not flow to every client"
 
 
-async def rejoin(deployment: SentinelDeployment, old_master: RedisServer) -> float:
-    """Starts the killed master again (empty: no persistence); seconds until the Sentinels see it
-    as the new master's replica, in sync."""
+async def rejoin(deployment: SentinelDeployment, bring_back: Callable[[], None]) -> float:
+    """After a failover (roles swapped): brings the old master back; seconds until the Sentinels
+    see it as the new master's replica, in sync."""
     started = time.monotonic()
-    await asyncio.to_thread(old_master.start)
+    await asyncio.to_thread(bring_back)
     assert await wait_for(deployment.watched, within=60, blocking=True), (
-        "the old master never rejoined"
+        "the old master never became a replica"
     )
     return time.monotonic() - started
+
+
+@dataclass
+class Run:
+    failovers: list[Failover]
+    rejoined: float  # seconds until the old master was a replica again (the first time)
+    settled: bool  # whether every client came to have the last acknowledged event
+
+
+async def under_load(
+    clients: list[StreamClient],
+    publisher: Publisher,
+    scenario: Callable[[], Awaitable[tuple[list[Failover], float]]],
+) -> Run:
+    """Runs ``scenario`` while the clients stream and the publisher publishes, between two
+    stretches of steady delivery; then stops publishing and waits for every client to have the
+    last acknowledged event (delivery is in order: then it has them all, or a reset past them)."""
+    async with Crowd(clients) as crowd:
+        await crowd.wait_opened(within=60)
+        publisher.start()
+        try:
+            await steady_delivery(clients, events=20)
+            failovers, rejoined = await scenario()
+            await steady_delivery(clients, events=20)
+        finally:
+            await asyncio.to_thread(publisher.stop)
+        last = id_key(max((o.published_id for o in publisher.ok()), key=id_key))
+        settled = await wait_for(
+            lambda: all(c.last_event_id and id_key(c.last_event_id) >= last for c in clients),
+            within=30,
+        )
+        assert crowd.running() == len(clients)
+    return Run(failovers, rejoined, settled)
 
 
 @dataclass
@@ -256,7 +289,9 @@ def test_two_master_kills_under_200_streams_lose_no_acknowledged_event(
         clients,
         publisher,
     ):
-        run = asyncio.run(_kill_twice(deployment, daphnes, clients, publisher))
+        run = asyncio.run(
+            under_load(clients, publisher, lambda: _kill_twice(deployment, daphnes, clients))
+        )
         counts = count(clients, publisher, deployment.master)
         logs = [daphne.log() for daphne in daphnes]
     print(report("sentinel-failover-under-load", counts, run.failovers, rejoined_s=run.rejoined))
@@ -274,46 +309,17 @@ def test_two_master_kills_under_200_streams_lose_no_acknowledged_event(
         assert "Event feed reconnected to Redis" in log
 
 
-@dataclass
-class KillRun:
-    failovers: list[Failover]
-    rejoined: float
-    settled: bool
-
-
 async def _kill_twice(
-    deployment: SentinelDeployment,
-    daphnes: list[Daphne],
-    clients: list[StreamClient],
-    publisher: Publisher,
-) -> KillRun:
-    async with Crowd(clients) as crowd:
-        await crowd.wait_opened(within=60)
-        publisher.start()
-        try:
-            await steady_delivery(clients, events=20)
-            first = await fail_over(deployment, clients, daphnes, signal.SIGKILL)
-            killed = deployment.master
-            deployment.swap_roles()
-            rejoined = await rejoin(deployment, killed)
-            await steady_delivery(clients, events=20)
-            second = await fail_over(deployment, clients, daphnes, signal.SIGKILL)
-            deployment.swap_roles()
-            await steady_delivery(clients, events=20)
-        finally:
-            await asyncio.to_thread(publisher.stop)
-        settled = await _settle(clients, publisher)
-        assert crowd.running() == len(clients)
-    return KillRun([first, second], rejoined, settled)
-
-
-async def _settle(clients: list[StreamClient], publisher: Publisher) -> bool:
-    """Whether every client came to have the last acknowledged event (or a reset past it)."""
-    last = id_key(max((o.published_id for o in publisher.ok()), key=id_key))
-    return await wait_for(
-        lambda: all(c.last_event_id and id_key(c.last_event_id) >= last for c in clients),
-        within=30,
-    )
+    deployment: SentinelDeployment, daphnes: list[Daphne], clients: list[StreamClient]
+) -> tuple[list[Failover], float]:
+    first = await fail_over(deployment, clients, daphnes, signal.SIGKILL)
+    killed = deployment.master
+    deployment.swap_roles()
+    rejoined = await rejoin(deployment, killed.start)  # empty: no persistence
+    await steady_delivery(clients, events=20)
+    second = await fail_over(deployment, clients, daphnes, signal.SIGKILL)
+    deployment.swap_roles()
+    return [first, second], rejoined
 
 
 @pytest.mark.timeout(240)
@@ -332,9 +338,11 @@ def test_a_partitioned_master_with_a_sentinel_lost_loses_no_acknowledged_event(
         publisher,
     ):
         deployment.lose_sentinel()
-        run = asyncio.run(_partition_master(deployment, daphnes, clients, publisher))
+        run = asyncio.run(
+            under_load(clients, publisher, lambda: _partition_master(deployment, daphnes, clients))
+        )
         counts = count(clients, publisher, deployment.master)
-    print(report("sentinel-partitioned-master", counts, [run.failover], rejoined_s=run.rejoined))
+    print(report("sentinel-partitioned-master", counts, run.failovers, rejoined_s=run.rejoined))
     assert all(client.failure is None for client in clients)
     assert run.settled, "some clients never received the last events"
     assert counts.retried > 0, "no publish met the failover"
@@ -342,39 +350,14 @@ def test_a_partitioned_master_with_a_sentinel_lost_loses_no_acknowledged_event(
     assert counts.lost == 0
     assert counts.out_of_order == 0
     assert counts.unacknowledged_delivered == 0
-    assert run.failover.unready_servers == len(daphnes)
-
-
-@dataclass
-class PartitionRun:
-    failover: Failover
-    rejoined: float
-    settled: bool
+    assert run.failovers[0].unready_servers == len(daphnes)
 
 
 async def _partition_master(
-    deployment: SentinelDeployment,
-    daphnes: list[Daphne],
-    clients: list[StreamClient],
-    publisher: Publisher,
-) -> PartitionRun:
-    async with Crowd(clients) as crowd:
-        await crowd.wait_opened(within=60)
-        publisher.start()
-        try:
-            await steady_delivery(clients, events=20)
-            failover = await fail_over(deployment, clients, daphnes, signal.SIGSTOP)
-            partitioned = deployment.master
-            deployment.swap_roles()
-            started = time.monotonic()
-            os.kill(partitioned.pid, signal.SIGCONT)
-            assert await wait_for(deployment.watched, within=60, blocking=True), (
-                "the old master never became a replica"
-            )
-            rejoined = time.monotonic() - started
-            await steady_delivery(clients, events=20)
-        finally:
-            await asyncio.to_thread(publisher.stop)
-        settled = await _settle(clients, publisher)
-        assert crowd.running() == len(clients)
-    return PartitionRun(failover, rejoined, settled)
+    deployment: SentinelDeployment, daphnes: list[Daphne], clients: list[StreamClient]
+) -> tuple[list[Failover], float]:
+    failover = await fail_over(deployment, clients, daphnes, signal.SIGSTOP)
+    partitioned = deployment.master
+    deployment.swap_roles()
+    rejoined = await rejoin(deployment, lambda: os.kill(partitioned.pid, signal.SIGCONT))
+    return [failover], rejoined
