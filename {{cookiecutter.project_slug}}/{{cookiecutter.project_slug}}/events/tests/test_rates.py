@@ -110,6 +110,17 @@ def test_a_stream_is_admitted_by_its_rate_and_its_slots_together(
     assert slots.acquire("bob", 2, RateCheck("streams-of-bob", Rate(3, 60))) is not None
 
 
+def test_a_stream_over_the_rate_takes_no_slot(make_slots: Callable[[str], StreamSlots]) -> None:
+    slots = make_slots("test-rates-admission-no-slot")
+    rate = RateCheck("streams-of-erin", Rate(1, 60))
+    assert slots.acquire("erin", 2, rate) is not None
+    with pytest.raises(OverRate):
+        slots.acquire("erin", 2, rate)
+    # One slot of two is taken: the refused stream took none.
+    assert slots.acquire("erin", 2) is not None
+    assert slots.acquire("erin", 2) is None
+
+
 def test_a_burst_of_streams_gets_exactly_the_rate(make_slots: Callable[[str], StreamSlots]) -> None:
     slots = make_slots("test-rates-admission-burst")
     rate = RateCheck("streams-of-carol", Rate(10, 60))
