@@ -387,7 +387,8 @@ def test_streams_over_the_per_address_limit_get_429_as_json(baked, topology, tmp
         # The status first: a stream passed on would hold read() until its timeout.
         assert refused.status == 429, refused.getheader("Content-Type")
         assert refused.getheader("Content-Type") == "application/json"
-        assert set(json.loads(refused.read())) == {"detail"}
+        assert refused.getheader("Retry-After") == "10"
+        assert json.loads(refused.read())["code"] == "throttled"
         # Refused by nginx itself: the application never saw it.
         upstream.wait_for_open_streams(2)
 
@@ -397,6 +398,14 @@ def test_streams_over_the_per_address_limit_get_429_as_json(baked, topology, tmp
         connection, other = request(port, "/healthz")
         running.callback(connection.close)
         assert (other.status, other.read()) == (200, b"ok")
+        # A body over client_max_body_size is refused as JSON too, before the application.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_SECONDS)
+        running.callback(connection.close)
+        connection.request("POST", "/api/events/", body=b"x" * 200_000)
+        too_large = connection.getresponse()
+        assert too_large.status == 413
+        assert too_large.getheader("Content-Type") == "application/json"
+        assert json.loads(too_large.read())["code"] == "too_large"
 
         # nginx closes the upstream connection when it ends the request, which frees its place.
         close_first()

@@ -154,6 +154,11 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # One error shape for every refusal: {"detail", "code", "errors"} (events/api/errors.py).
+    "EXCEPTION_HANDLER": "{{ cookiecutter.project_slug }}.events.api.errors.api_exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "{{ cookiecutter.project_slug }}.events.api.negotiation.FormatNegotiation",
+    # The API takes JSON, nested at most 64 deep; any other body is a 415.
+    "DEFAULT_PARSER_CLASSES": ["{{ cookiecutter.project_slug }}.events.api.parsers.EventJSONParser"],
     # Anonymous throttles key on REMOTE_ADDR, which TrustedProxyMiddleware set; by default DRF
     # would take X-Forwarded-For whole, as the client wrote it.
     "NUM_PROXIES": 0,
@@ -167,6 +172,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "{{ cookiecutter.project_slug }}.events.api.schema.link_tickets_to_the_stream",
+    ],
 }
 
 LANGUAGE_CODE = "en-us"

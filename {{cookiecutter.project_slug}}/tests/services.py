@@ -453,6 +453,38 @@ def daphne_server(
         server.stop()
 
 
+@contextmanager
+def gunicorn_server(live_project: LiveProject, directory: Path, **settings: str) -> Iterator[str]:
+    """The project under gunicorn (config.wsgi) on loopback, as its bake with gunicorn runs the
+    API (two workers unless WEB_CONCURRENCY says otherwise); yields its URL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**live_project.env, "WEB_CONCURRENCY": "2", **settings}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py makes a fresh one
+    with (directory / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                "timeout",
+                str(SERVER_LIFETIME_SECONDS),
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "config.wsgi:application",
+            ],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
 def api(server: Daphne, token: str) -> httpx.Client:
     return httpx.Client(
         base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=10

@@ -134,7 +134,7 @@ def test_topics_are_denied_unless_public_or_staff(pair: Pair, live_project: Live
         for topic in ("sports", "scoresheet", "staff.alerts"):
             refused = stream_status(alice, topic=topic)
             assert refused.status_code == 403, refused.text
-            assert refused.json() == {"detail": f"You may not read topic(s): {topic}."}
+            assert refused.json()["detail"] == f"You may not read topic(s): {topic}."
         with open_stream(staff, topics=("staff.alerts",)) as stream:
             assert stream.take_all(1)[0].retry is not None
         assert stream_status(staff, topic="sports").status_code == 403
@@ -428,7 +428,7 @@ def test_a_ticket_opens_its_users_stream_of_its_topics_without_other_credentials
         assert other_topic.status_code == 403
         forged = stream_status(anonymous, ticket=issued["ticket"][:-2] + "xx")
         assert forged.status_code == 401
-        assert forged.json() == {"detail": "Invalid stream ticket."}
+        assert forged.json()["detail"] == "Invalid stream ticket."
 
 
 def test_a_ticket_reveals_nothing_and_is_written_to_no_log(pair: Pair, user: User) -> None:
@@ -586,7 +586,7 @@ def test_a_ticket_of_a_deleted_token_is_refused(pair: Pair, user: User) -> None:
     with httpx.Client(base_url=pair.second.url, timeout=10) as anonymous:
         refused = stream_status(anonymous, ticket=issued["ticket"])
     assert refused.status_code == 401
-    assert refused.json() == {"detail": "This stream ticket was revoked (token-deleted)."}
+    assert refused.json()["detail"] == "This stream ticket was revoked (token-deleted)."
 
 
 # --- One process, no Redis ----------------------------------------------------------------------

@@ -177,14 +177,12 @@ def post(
 
 
 def reasons(response: httpx.Response) -> dict[str, str]:
-    """The JSON error body as {key: message}, whether DRF gave a string or a list of them."""
+    """The error's reasons as {"detail" or a field: message}, from the API's one error shape."""
     assert response.headers["content-type"] == JSON, response.text[:300]
     body = response.json()
-    assert isinstance(body, dict)
-    assert body
-    return {
-        key: " ".join(value) if isinstance(value, list) else value for key, value in body.items()
-    }
+    assert set(body) <= {"detail", "code", "errors"}, body
+    fields = {field: " ".join(messages) for field, messages in body.get("errors", {}).items()}
+    return {"detail": body["detail"], **fields}
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

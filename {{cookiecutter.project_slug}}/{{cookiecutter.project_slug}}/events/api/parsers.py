@@ -1,4 +1,4 @@
-"""The publish API's JSON parser: any body it cannot accept is a 400 with a reason, never a 500."""
+"""The API's JSON parser: any body it cannot accept is a 400 with a reason, never a 500."""
 
 from typing import Any
 

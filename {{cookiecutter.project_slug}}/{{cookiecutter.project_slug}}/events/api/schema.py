@@ -18,11 +18,29 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from ..access.tickets import StreamTicketAuthentication
-from .serializers import PublishEventSerializer, StreamTicketSerializer
+from .serializers import NAME_SCHEMA, PublishEventSerializer, StreamTicketSerializer
 
 
 class ErrorSerializer(serializers.Serializer[Any]):
+    """Every refusal's body (errors.py)."""
+
     detail = serializers.CharField(help_text="Why, in a sentence a person can read.")
+    code = serializers.CharField(
+        help_text=(
+            "A stable name for the refusal: `invalid`, `parse_error`, `not_authenticated`,"
+            " `authentication_failed`, `permission_denied`, `not_acceptable`,"
+            " `unsupported_media_type`, `too_large`, `throttled`, `idempotency_conflict`,"
+            " `broker_unavailable`..."
+        )
+    )
+    errors = serializers.DictField(  # type: ignore[assignment]  # a field, not .errors
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text=(
+            "Only when fields are at fault: each field's messages, a nested field by its dotted"
+            " path (`topics.0`), the body as a whole under `non_field_errors`."
+        ),
+    )
 
 
 class EventIdSerializer(serializers.Serializer[Any]):
@@ -48,8 +66,36 @@ def _error(description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
+# An id the server sent (core.event.EVENT_ID). The server also takes 20-digit parts up to 2**64 - 1,
+# which it never sends before the year 318 million: 19 digits say it without a bound to compute.
+_EVENT_ID_SCHEMA = {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$"}
+# Where to resume: an id, or empty for "from now" (as if left out).
+_RESUME_AFTER_SCHEMA = {"type": "string", "pattern": "^([0-9]{1,19}-[0-9]{1,19})?$"}
+_STREAM_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {**_EVENT_ID_SCHEMA, "description": "Where to resume after this event."},
+        "event": {**NAME_SCHEMA, "description": "The event's type (`message` when absent)."},
+        "data": {"type": "string", "description": "The event's data, as JSON text."},
+        "retry": {"type": "integer", "description": "Milliseconds to wait before reconnecting."},
+    },
+    "required": ["id", "data"],
+}
 _TOO_MANY = _error("Over a per-user limit; Retry-After says when to try again.")
 _UNAUTHENTICATED = _error("No or bad credentials.")
+_NOT_ACCEPTABLE = _error("The Accept header (or ?format=) asks for a format this does not answer.")
+# What any operation that takes a JSON body may answer before reading it.
+_BODY_REFUSALS = {
+    413: _error("The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE."),
+    415: _error("A body that is not application/json."),
+}
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    response=[429],
+    description="Seconds to wait before trying again.",
+)
 
 STREAM: dict[str, Any] = {
     "summary": "The signed-in user's events, as Server-Sent Events",
@@ -65,11 +111,18 @@ STREAM: dict[str, Any] = {
     ),
     "parameters": [
         OpenApiParameter(
-            "topic", OpenApiTypes.STR, many=True, description="A topic to read; repeat it."
+            "topic",
+            {
+                "type": "array",
+                "items": NAME_SCHEMA,
+                "maxItems": settings.EVENTS_MAX_TOPICS_PER_STREAM,
+            },
+            explode=True,
+            description="A topic to read; repeat it.",
         ),
         OpenApiParameter(
             "last_event_id",
-            OpenApiTypes.STR,
+            _RESUME_AFTER_SCHEMA,
             description="Resume after this id (first connection).",
         ),
         OpenApiParameter(
@@ -77,14 +130,19 @@ STREAM: dict[str, Any] = {
         ),
         OpenApiParameter(
             "Last-Event-ID",
-            OpenApiTypes.STR,
+            _RESUME_AFTER_SCHEMA,
             OpenApiParameter.HEADER,
             description="Resume after this id (sent by browsers when they reconnect).",
         ),
+        RETRY_AFTER,
     ],
     "responses": {
         (200, "text/event-stream"): OpenApiResponse(
-            OpenApiTypes.STR, description="The stream (it ends with the stream's lifetime)."
+            _STREAM_EVENT_SCHEMA,
+            description=(
+                "The stream (it ends with the stream's lifetime): the schema is that of each"
+                " event, as an EventSource reads it."
+            ),
         ),
         # Errors are JSON whatever the client accepts (an EventSource asks for the stream).
         (400, "application/json"): _error(
@@ -92,7 +150,11 @@ STREAM: dict[str, Any] = {
         ),
         (401, "application/json"): _UNAUTHENTICATED,
         (403, "application/json"): _error("A topic the user may not read, or not in the ticket."),
-        (429, "application/json"): _TOO_MANY,
+        (406, "application/json"): _NOT_ACCEPTABLE,
+        (429, "application/json"): _error(
+            "Over the user's open streams or its rate of new streams; Retry-After says when to"
+            " try again."
+        ),
     },
 }
 
@@ -108,7 +170,15 @@ PUBLISH: dict[str, Any] = {
                 "1 to 255 printable ASCII characters: a retry with the same key publishes"
                 " nothing and gets the first event's id."
             ),
-        )
+        ),
+        OpenApiParameter(
+            "Idempotent-Replayed",
+            {"type": "string", "enum": ["true"]},
+            OpenApiParameter.HEADER,
+            response=[200],
+            description="The event was published before, under this Idempotency-Key.",
+        ),
+        RETRY_AFTER,
     ],
     "responses": {
         201: OpenApiResponse(EventIdSerializer, description="Published."),
@@ -116,10 +186,12 @@ PUBLISH: dict[str, Any] = {
             EventIdSerializer,
             description="Published before under this Idempotency-Key; nothing published now.",
         ),
-        400: _error("A body or an Idempotency-Key it cannot accept."),
+        400: _error("A body (not JSON, or not an event) or an Idempotency-Key it cannot accept."),
         401: _UNAUTHENTICATED,
         403: _error("Without the 'Can publish events' permission."),
-        413: _error("`data` (or the body) is too large."),
+        406: _NOT_ACCEPTABLE,
+        **_BODY_REFUSALS,
+        413: _error("`data` is over EVENTS_MAX_PAYLOAD_BYTES, or the body too large."),
         422: _error("The Idempotency-Key was used for another event."),
         429: _TOO_MANY,
         503: _error("Redis is unavailable: nothing was published (or, on a timeout, maybe)."),
@@ -136,19 +208,43 @@ PUBLISH: dict[str, Any] = {
 TICKET: dict[str, Any] = {
     "summary": "A short-lived ticket that opens streams from a URL",
     "request": StreamTicketSerializer,
+    "parameters": [RETRY_AFTER],
     "responses": {
         201: TicketSerializer,
-        400: _error("Malformed topics, or too many."),
+        400: _error("A body that is not JSON, malformed topics, or too many."),
         401: _UNAUTHENTICATED,
         403: _error("A topic the user may not read."),
-        429: _TOO_MANY,
+        406: _NOT_ACCEPTABLE,
+        **_BODY_REFUSALS,
+        429: _error("Over the user's rate of new streams, which tickets count toward."),
     },
 }
 
 METRICS: dict[str, Any] = {
     "summary": "This process's streaming state (staff)",
-    "responses": {200: MetricsSerializer, 401: _UNAUTHENTICATED, 403: _error("Not staff.")},
+    "responses": {
+        200: MetricsSerializer,
+        401: _UNAUTHENTICATED,
+        403: _error("Not staff."),
+        406: _NOT_ACCEPTABLE,
+    },
 }
+
+
+def link_tickets_to_the_stream(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """A postprocessing hook (SPECTACULAR_SETTINGS): a ticket's 201 links to the stream it opens,
+    as an OpenAPI link, which clients and tools (schemathesis's stateful runs) follow."""
+    for operations in result["paths"].values():
+        post = operations.get("post")
+        if post and post["operationId"] == "events_tickets_create":
+            post["responses"]["201"]["links"] = {
+                "OpenTheStream": {
+                    "operationId": "events_stream_retrieve",
+                    "parameters": {"ticket": "$response.body#/ticket"},
+                    "description": "The stream of the ticket's topics (its `url`, too).",
+                }
+            }
+    return result
 
 
 class StreamTicketScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]

@@ -1,12 +1,50 @@
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..core.channels import validate_topic
-from ..core.event import validate_type
+from ..core.channels import NAME, validate_topic
+from ..core.event import RESET_TYPE, REVOKED_TYPE, validate_type
 from ..exceptions import InvalidEvent
+
+# What the schema says a topic and a type are, so that a client (or a fuzzer) knows before asking.
+NAME_SCHEMA = {"type": "string", "pattern": f"^{NAME.pattern}$"}
+
+
+class _NameField(serializers.CharField):
+    """A name that ``rule`` checks once DRF's own checks (length, NUL, surrogates) pass; only a
+    JSON string is one (CharField would take a number as its text). trim_whitespace=False:
+    "news\n" is refused, not published to "news"."""
+
+    def __init__(self, rule: Callable[[str], str], **kwargs: Any) -> None:
+        super().__init__(max_length=64, trim_whitespace=False, **kwargs)
+        self._rule = rule
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+    def run_validators(self, value: Any) -> None:
+        super().run_validators(value)  # one reason at a time: the rule only after these pass
+        _checked(self._rule, value)
+
+
+@extend_schema_field(NAME_SCHEMA)
+class TopicField(_NameField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate_topic, **kwargs)
+
+
+@extend_schema_field({**NAME_SCHEMA, "not": {"enum": [RESET_TYPE, REVOKED_TYPE]}})
+class EventTypeField(_NameField):
+    """An event type: a name, other than the server's own types."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate_type, **kwargs)
 
 
 class UserKeyField(serializers.PrimaryKeyRelatedField):  # type: ignore[type-arg]
@@ -19,19 +57,10 @@ class UserKeyField(serializers.PrimaryKeyRelatedField):  # type: ignore[type-arg
 
 
 class PublishEventSerializer(serializers.Serializer[Any]):
-    # trim_whitespace=False: "news\n" is refused, not published to "news".
-    type = serializers.CharField(default="message", max_length=64, trim_whitespace=False)
+    type = EventTypeField(default="message")
     data = serializers.JSONField(allow_null=True)  # type: ignore[assignment]  # a field, not .data
     user = UserKeyField(queryset=get_user_model().objects.all(), required=False, allow_null=True)
-    topic = serializers.CharField(
-        required=False, allow_null=True, max_length=64, trim_whitespace=False
-    )
-
-    def validate_type(self, value: str) -> str:
-        return _checked(validate_type, value)
-
-    def validate_topic(self, value: str | None) -> str | None:
-        return None if value is None else _checked(validate_topic, value)
+    topic = TopicField(required=False, allow_null=True)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("user") is not None and attrs.get("topic") is not None:
@@ -41,11 +70,11 @@ class PublishEventSerializer(serializers.Serializer[Any]):
 
 class StreamTicketSerializer(serializers.Serializer[Any]):
     topics = serializers.ListField(
-        child=serializers.CharField(max_length=64, trim_whitespace=False), default=list
+        child=TopicField(), default=list, max_length=settings.EVENTS_MAX_TOPICS_PER_STREAM
     )
 
     def validate_topics(self, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(_checked(validate_topic, topic) for topic in value))
+        return list(dict.fromkeys(value))
 
 
 def _checked(validator: Callable[[str], str], value: str) -> str:

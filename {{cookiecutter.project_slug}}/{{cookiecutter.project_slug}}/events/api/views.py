@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from django.conf import settings as django_settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
@@ -43,16 +41,10 @@ from ..core.channels import BROADCAST, topic_channel, user_channel
 from ..core.event import parse_event_id
 from ..delivery import stats
 from ..delivery.stream import EventStream, EventStreamResponse
-from ..exceptions import (
-    BrokerUnavailable,
-    EventError,
-    EventTooLarge,
-    IdempotencyConflict,
-    InvalidEventId,
-)
+from ..exceptions import EventError, InvalidEventId
 from ..publish import count_refused, publish_with_outcome
 from ..telemetry import metrics
-from .parsers import EventJSONParser
+from .errors import as_api_exception
 from .permissions import CanPublishEvents
 from .renderers import EventStreamRenderer
 from .schema import METRICS, PUBLISH, STREAM, TICKET
@@ -125,16 +117,19 @@ class EventStreamView(APIView):
         return broker.stream_slots.hold(slot)
 
     def _last_event_id(self, request: Request) -> str | None:
-        last_event_id = request.headers.get("Last-Event-ID") or request.query_params.get(
-            "last_event_id"
-        )
-        if not last_event_id:
-            return None
-        try:
-            parse_event_id(last_event_id)
-        except InvalidEventId as error:
-            raise ValidationError({"last_event_id": [str(error)]}) from error
-        return last_event_id
+        """The header's id, else the query's; either, when given, must be an id (an empty one
+        is none)."""
+        given = {
+            "Last-Event-ID": request.headers.get("Last-Event-ID"),
+            "last_event_id": request.query_params.get("last_event_id"),
+        }
+        for name, last_event_id in given.items():
+            if last_event_id:
+                try:
+                    parse_event_id(last_event_id)
+                except InvalidEventId as error:
+                    raise ValidationError({name: [str(error)]}) from error
+        return given["Last-Event-ID"] or given["last_event_id"] or None
 
     # DRF finalizes every response, streaming ones too: its stubs say Response.
     def finalize_response(  # type: ignore[override]
@@ -216,11 +211,6 @@ class StreamTicketView(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class RequestTooLarge(APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "request_too_large"
-
-
 class PublishEventView(APIView):
     """``POST``: publish an event; answers 201 with its id, or 4xx/503 with a reason.
 
@@ -230,13 +220,12 @@ class PublishEventView(APIView):
     """
 
     permission_classes = [IsAuthenticated, CanPublishEvents]
-    parser_classes = [EventJSONParser]
     throttle_classes = [PublishRateThrottle]
 
     def handle_exception(self, exc: Exception) -> Response:
         # Refused before the publish path (authentication, permission, rate, body): counted
-        # here; what the publish path refuses, it counts itself.
-        if isinstance(exc, APIException):
+        # here; what the publish path refuses (an EventError), it counts itself.
+        if isinstance(as_api_exception(exc), APIException) and not isinstance(exc, EventError):
             count_refused()
         return super().handle_exception(exc)
 
@@ -245,27 +234,18 @@ class PublishEventView(APIView):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
             raise ParseError("Idempotency-Key must be 1 to 255 printable ASCII characters.")
-        try:
-            body = request.data
-        except RequestDataTooBig:
-            limit = django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-            raise RequestTooLarge(
-                f"Request body exceeds DATA_UPLOAD_MAX_MEMORY_SIZE ({limit} bytes)."
-            ) from None
-        serializer = PublishEventSerializer(data=body)
+        serializer = PublishEventSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         fields = serializer.validated_data
-        try:
-            publication = publish_with_outcome(
-                fields["type"],
-                fields["data"],
-                user=fields.get("user"),
-                topic=fields.get("topic"),
-                # Keys are the user's own: two publishers never collide.
-                key=None if key is None else f"{request.user.pk}:{key}",
-            )
-        except EventError as error:
-            return Response({"detail": str(error)}, status=_status_of(error))
+        # An EventError (too large, key reused, Redis unavailable) answers as errors.py says.
+        publication = publish_with_outcome(
+            fields["type"],
+            fields["data"],
+            user=fields.get("user"),
+            topic=fields.get("topic"),
+            # Keys are the user's own: two publishers never collide.
+            key=None if key is None else f"{request.user.pk}:{key}",
+        )
         event = publication.event
         logger.info(
             "Published event %s (%s)",
@@ -278,16 +258,6 @@ class PublishEventView(APIView):
                 {"id": event.id}, status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"}
             )
         return Response({"id": event.id}, status=status.HTTP_201_CREATED)
-
-
-def _status_of(error: EventError) -> int:
-    if isinstance(error, EventTooLarge):
-        return status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    if isinstance(error, IdempotencyConflict):
-        return status.HTTP_422_UNPROCESSABLE_ENTITY
-    if isinstance(error, BrokerUnavailable):
-        return status.HTTP_503_SERVICE_UNAVAILABLE
-    return status.HTTP_400_BAD_REQUEST  # what only serializing reveals, e.g. a lone surrogate
 
 
 class StreamMetricsView(APIView):

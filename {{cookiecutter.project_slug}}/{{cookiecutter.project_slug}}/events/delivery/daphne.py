@@ -1,5 +1,6 @@
 """A stream's connection, under Daphne and elsewhere: flow control (wait while the client drains,
-cut it off when it does not), and under Daphne, events written to the socket at once.
+cut it off when it does not), and under Daphne, events written to the socket at once (and request
+bodies left unparsed: ``leave_request_bodies_to_django``).
 
 Daphne accepts every chunk at once (``send()`` never waits) and buffers what the socket does not
 take, so without this a client that stopped reading would make the server's memory grow without
@@ -27,6 +28,8 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
+
+from daphne import http_protocol
 
 from ..telemetry.metrics import EndReason
 
@@ -118,6 +121,27 @@ class _SocketFirstWrite:
 
     def sequence(self, chunks: Iterable[bytes]) -> None:
         self(b"".join(chunks))
+
+
+def leave_request_bodies_to_django() -> None:
+    """Under Daphne, request bodies reach the application unread.
+
+    Twisted parses the form and multipart bodies of every POST into ``request.args``, which
+    Daphne never reads: memory and CPU spent for nothing, and a multipart body it cannot parse it
+    answers itself, 400 without a body, before the API can say what is wrong (a 415: the API
+    takes JSON). Daphne makes its requests from the ``WebRequest`` of its module, looked up for
+    each connection, so this replaces it for the process.
+    """
+    if getattr(http_protocol.WebRequest, "leaves_bodies_unread", False):
+        return
+
+    class WebRequest(http_protocol.WebRequest):  # type: ignore[misc]  # Daphne is untyped
+        leaves_bodies_unread = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, parsePOSTFormSubmission=False, **kwargs)
+
+    http_protocol.WebRequest = WebRequest
 
 
 def daphne_connection(send: Send) -> tuple[Any, TwistedTransport] | None:

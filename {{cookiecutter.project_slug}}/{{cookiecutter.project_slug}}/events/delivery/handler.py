@@ -98,7 +98,7 @@ class EventStreamRouter:
 
 
 async def _server_error(send: Send) -> None:
-    body = b'{"detail": "Server error."}'
+    body = b'{"detail": "Server error.", "code": "error"}'  # the shape of events/api/errors.py
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 500, "headers": headers})
     await send({"type": "http.response.body", "body": body})
