@@ -35,6 +35,11 @@ def key_slot(key: str) -> int:
     return _key_slot(key.encode())
 
 
+def hash_tag(name: str) -> str:
+    """``name`` in braces: keys containing it hash to one slot, whatever else they contain."""
+    return "{" + name + "}"
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
