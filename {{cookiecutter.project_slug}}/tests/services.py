@@ -94,6 +94,7 @@ class RedisServer:
     directory: Path
     process: subprocess.Popen | None = None
     replica_of: int | None = None  # the master's port, for a replica
+    options: list[str] = field(default_factory=list)  # more redis-server options, e.g. cluster's
 
     @property
     def url(self) -> str:
@@ -122,6 +123,7 @@ class RedisServer:
                 "--repl-diskless-sync-delay",
                 "0",
                 *replication,
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
         )
