@@ -84,9 +84,9 @@ class FeedSink(Protocol):
 
     def deliver(self, event: Event) -> None: ...
 
-    def lost_events(self, reset_point: str) -> None:
-        """Events may have been missed and history cannot bridge the gap: clients must reset
-        their state as of ``reset_point`` (see Broker.reset_point)."""
+    def lost_events(self, partition: int, reset_point: str) -> None:
+        """Events of ``partition`` may have been missed and history cannot bridge the gap: its
+        clients must reset their state as of ``reset_point`` (see Broker.reset_point)."""
 
     def access_changed(self, change: AccessChange) -> None: ...
 
@@ -98,12 +98,19 @@ class Feed(ABC):
     """A process's single live subscription to the broker, shared by all of its clients."""
 
     @abstractmethod
-    async def subscribe(self, channel: str) -> None:
-        """Start receiving ``channel``; returns once no event published later can be missed.
-        Raises BrokerUnavailable if that cannot be done in time."""
+    async def subscribe(self, channel: str) -> str | None:
+        """Start receiving ``channel``; returns once no event published later can be missed,
+        with the watermark of its partition then (see ``watermark``). Raises BrokerUnavailable
+        if that cannot be done in time."""
 
     @abstractmethod
     async def unsubscribe(self, channel: str) -> None: ...
+
+    def watermark(self, partition: int) -> str | None:
+        """The newest id of ``partition`` up to which every event of the subscribed channels has
+        been received (None if unknown, or history was empty): a stream that joins now receives
+        every later event. Only brokers with several partitions need to know it."""
+        return None
 
     @abstractmethod
     def problem(self) -> str | None:
@@ -116,6 +123,11 @@ class Feed(ABC):
 class Broker(ABC):
     stream_slots: StreamSlots  # the open streams of each user, over every process of this broker
     rate_limits: RateLimits  # hits per window of each key (user and action), over the same
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions history has (core/positions.py): each its own order and ids."""
+        return 1
 
     @abstractmethod
     def publish(self, draft: Draft, once: Once | None = None) -> Publication:
@@ -130,21 +142,23 @@ class Broker(ABC):
 
     @abstractmethod
     def history_after(
-        self, event_id: str | None, channels: Container[str] | None = None
+        self, partition: int, event_id: str | None, channels: Container[str] | None = None
     ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
-        """The stored events after ``event_id`` (None: from the oldest), in order, page by page:
+        """The stored events of ``partition`` after ``event_id`` (None: from the oldest), in
+        order, page by page:
         ``(id of the page's last entry, its events on channels (all if None))``. Take a page's
         events before asking for the next page; a page may hold no events; only the current page
         is in memory. Raises HistoryGap if ``event_id`` is not (or no longer) in history, and
         BrokerUnavailable."""
 
     @abstractmethod
-    async def latest_event_id(self) -> str | None:
-        """The id of the newest event in history, or None if history is empty."""
+    async def latest_event_id(self, partition: int) -> str | None:
+        """The id of the newest event in the partition's history, or None if it is empty."""
 
     @abstractmethod
-    async def reset_point(self) -> str:
-        """Where a client that must reload its state resumes from: the newest id in history.
+    async def reset_point(self, partition: int) -> str:
+        """Where a client that must reload its state resumes from, in ``partition``: the newest
+        id in its history.
         If history is empty (a Redis restart without persistence), a marker entry is added, that
         no reader receives, so that the point is an id in history all the same: without one, the
         client would resume with no ``Last-Event-ID`` and silently miss what came meanwhile."""

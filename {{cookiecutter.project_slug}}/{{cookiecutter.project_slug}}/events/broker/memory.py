@@ -79,7 +79,7 @@ class InMemoryBroker(Broker):
         return Publication(draft.with_id(seen[0]), replayed=True)
 
     async def history_after(
-        self, event_id: str | None, channels: Container[str] | None = None
+        self, partition: int, event_id: str | None, channels: Container[str] | None = None
     ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
         after = None if event_id is None else parse_event_id(event_id)
         while True:
@@ -108,11 +108,11 @@ class InMemoryBroker(Broker):
                 return list(itertools.islice(self._history, index + 1, stop))
         return None
 
-    async def latest_event_id(self) -> str | None:
+    async def latest_event_id(self, partition: int = 0) -> str | None:
         with self._lock:
             return self._history[-1].id if self._history else None
 
-    async def reset_point(self) -> str:
+    async def reset_point(self, partition: int = 0) -> str:
         with self._lock:
             if not self._history:  # a marker no reader receives: see Broker.reset_point
                 self._history.append(Event("marker", "{}", RESET_MARKER, self._next_id()))
@@ -164,6 +164,7 @@ class _MemoryFeed(Feed):
     async def subscribe(self, channel: str) -> None:
         with self._broker._lock:
             self.channels.add(channel)
+        return None  # one partition: positions are events' ids
 
     async def unsubscribe(self, channel: str) -> None:
         with self._broker._lock:

@@ -51,6 +51,7 @@ class Event:
     channel: str
     id: str | None = None
     _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _body: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def wire(self) -> bytes:
@@ -61,6 +62,16 @@ class Event:
             wire = encode_event(self.data, event_type=self.type, event_id=self.id)
             object.__setattr__(self, "_wire", wire)
         return wire
+
+    @property
+    def body_wire(self) -> bytes:
+        """The event without its ``id:`` line, for streams that write their own id (a position
+        over several partitions, core/positions.py); encoded on first use, then shared."""
+        body = self._body
+        if body is None:
+            body = encode_event(self.data, event_type=self.type)
+            object.__setattr__(self, "_body", body)
+        return body
 
     @property
     def sort_key(self) -> tuple[int, int] | None:

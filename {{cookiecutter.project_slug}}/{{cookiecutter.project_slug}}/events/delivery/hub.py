@@ -28,28 +28,15 @@ from ..access.recheck import StreamAccess, recheck
 from ..broker import get_broker
 from ..broker.base import AccessChange, Broker, Feed
 from ..core.channels import user_channel
-from ..core.event import RESET_TYPE, Event
-from ..core.wire import encode_event
+from ..core.event import Event, parse_event_id
+from ..core.positions import partition_of
 from ..telemetry import metrics
+from .position import Reset, StreamPosition
 
 logger = logging.getLogger(__name__)
 
 # The hub writes a subscriber's outbox at once when it holds this much, not only once per turn.
 _MAX_OUTBOX_BYTES = 64 * 1024
-
-
-class Reset:
-    """Where a subscriber lost events: the client must reload its state as of ``event_id``.
-
-    It carries an id in history (Broker.reset_point): the client's ``Last-Event-ID`` is then a
-    valid point to resume from, so that nothing published after the reset can be missed.
-    """
-
-    __slots__ = ("event_id", "wire")
-
-    def __init__(self, event_id: str) -> None:
-        self.event_id = event_id
-        self.wire = encode_event("{}", event_type=RESET_TYPE, event_id=event_id)
 
 
 class Subscriber:
@@ -72,8 +59,10 @@ class Subscriber:
         "access",
         "channels",
         "overflowed",
+        "position",
         "revoked",
         "sent",
+        "starts",
     )
 
     def __init__(
@@ -98,6 +87,29 @@ class Subscriber:
         self._writer: Callable[[bytes], bool] | None = None
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
+        # With several partitions: where the stream is in those it reads, sent as each event's
+        # id (None with one partition: an event's own id is the stream's position).
+        self.position: StreamPosition | None = None
+        # With several partitions: where it joined each (the partition's newest id then, None if
+        # its history was empty), set by the hub, read once by its stream.
+        self.starts: dict[int, str | None] | None = None
+
+    def joined(self, partition: int, point: str | None) -> None:
+        """It receives every event of ``partition``'s channels it reads after ``point``: where
+        it started there is the earliest such point (None, an empty history, is earliest)."""
+        starts = self.starts
+        if starts is None:
+            starts = self.starts = {}
+        elif partition in starts:
+            known = starts[partition]
+            if known is None or (point is not None and parse_event_id(point) >= parse_event_id(known)):
+                return
+        starts[partition] = point
+
+    def wire_of(self, item: Event | Reset) -> bytes:
+        """``item`` as this client receives it: with its id, or its stream's position."""
+        position = self.position
+        return item.wire if position is None else position.wire_of(item)
 
     def attach(self, writer: Callable[[bytes], bool]) -> bool:
         """Have the hub write events with ``writer`` (see ``flush``) while it returns True (the
@@ -120,8 +132,9 @@ class Subscriber:
             return False
         self.sent += 1
         if self._writer is not None:
-            self._outbox.append(item.wire)
-            self._outbox_bytes += len(item.wire)
+            wire = self.wire_of(item)
+            self._outbox.append(wire)
+            self._outbox_bytes += len(wire)
             if self._outbox_bytes >= _MAX_OUTBOX_BYTES:  # a long burst: no big copies
                 self.flush()
                 return False
@@ -245,23 +258,37 @@ class Hub:
                 await self._feed.unsubscribe(channel)
 
     async def _add(self, channel: str, subscriber: Subscriber) -> None:
+        partition = self._partition_of(channel)
         subscribers = self._subscribers.get(channel)
         if subscribers is not None:
+            ready = self._ready[channel]
+            if partition is not None and ready.done() and not ready.exception():
+                # Before it is added: every event it is offered comes after this.
+                subscriber.joined(partition, self._feed.watermark(partition))
             subscribers.add(subscriber)
-            await asyncio.shield(self._ready[channel])
+            point = await asyncio.shield(ready)
+            if partition is not None:
+                subscriber.joined(partition, point)
             return
         self._subscribers[channel] = {subscriber}
         ready = self._ready[channel] = asyncio.ensure_future(self._feed.subscribe(channel))
         # Its waiters may all be gone (clients that gave up) when it fails: not an error of its own.
         ready.add_done_callback(_retrieve_exception)
         try:
-            await asyncio.shield(ready)
+            point = await asyncio.shield(ready)
+            if partition is not None:
+                subscriber.joined(partition, point)
         except BaseException:
             if self._ready.get(channel) is ready and ready.done():
                 # Failed for every subscriber waiting on it: let the next one try again.
                 self._ready.pop(channel, None)
                 self._subscribers.pop(channel, None)
             raise
+
+    def _partition_of(self, channel: str) -> int | None:
+        """The channel's partition, with several; None with one (positions are events' ids)."""
+        partitions = self.broker.partitions
+        return None if partitions == 1 else partition_of(channel, partitions)
 
     # FeedSink: called by the broker's feed, on the event loop.
     def deliver(self, event: Event) -> None:
@@ -271,10 +298,18 @@ class Hub:
             self._offered.append(event)
             metrics.delivered.inc(len(subscribers))  # once per event, not per client
 
-    def lost_events(self, reset_point: str) -> None:
+    def lost_events(self, partition: int, reset_point: str) -> None:
         subscribers = self._all_subscribers()
-        self._offer(Reset(reset_point), subscribers)
+        if self.broker.partitions > 1:
+            subscribers = {
+                s for s in subscribers if s.position is not None and partition in s.position.reading
+            }
+        self._offer(Reset(reset_point, partition), subscribers)
         metrics.resets_sent.inc(len(subscribers))
+
+    def watermark(self, partition: int) -> str | None:
+        """See Feed.watermark."""
+        return self._feed.watermark(partition)
 
     def _offer(self, item: Event | Reset, subscribers: Collection[Subscriber]) -> None:
         unflushed = self._unflushed

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from typing import Any
 
@@ -27,15 +27,17 @@ from django.http import StreamingHttpResponse
 from ..access.recheck import StreamAccess
 from ..broker.base import Broker
 from ..conf import EventSettings
-from ..core.event import REVOKED_TYPE, Event
+from ..core.event import REVOKED_TYPE
+from ..core.positions import Position, partition_of
 from ..core.wire import HEARTBEAT, encode_comment, encode_event, encode_retry
 from ..exceptions import BrokerUnavailable
 from ..telemetry import metrics
 from ..telemetry.metrics import EndReason
 from ..telemetry.stream_log import StreamRecord
 from .daphne import StreamSend
-from .hub import Reset, Subscriber, get_hub
-from .replay import Replay
+from .hub import Subscriber, get_hub
+from .position import StreamPosition
+from .replay import FROM_THE_OLDEST, AfterReplay, Replay
 from .shutdown import process_shutdown
 
 logger = logging.getLogger(__name__)
@@ -157,16 +159,22 @@ class EventStream:
         when the client leaves, rather than when the garbage collector gets to it.)"""
         try:
             retry = encode_retry(self._settings.retry_milliseconds)
-            replay_end = None
-            if self._last_event_id is None:
+            partitions = broker.partitions
+            after = None
+            if self._last_event_id is not None:
+                after = Position.parse(self._last_event_id, partitions)
+            partition_of = self._place(subscriber, partitions, after)
+            after_replay = None
+            if after is None:
                 yield retry + encode_comment("connected")
             else:
-                replay = Replay(broker, subscriber.channels, self._last_event_id)
+                reading = sorted({partition_of(channel) for channel in subscriber.channels})
+                replay = Replay(broker, subscriber.channels, after, reading, subscriber.wire_of)
                 async with aclosing(self._replayed(replay, subscriber, retry)) as chunks:
                     async for chunk in chunks:
                         yield chunk
-                replay_end = replay.end
-            async with aclosing(self._live(subscriber, replay_end)) as chunks:
+                after_replay = AfterReplay(replay, replay.replayed, partition_of)
+            async with aclosing(self._live(subscriber, after_replay)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         except BrokerUnavailable as error:  # Redis went away mid-stream: expected, not a bug
@@ -178,6 +186,24 @@ class EventStream:
             self.reason = EndReason.ERROR
             logger.exception("Stream ended by an error", extra={"stream_id": self.record.stream_id})
             yield encode_comment("server error, reconnect")
+
+    @staticmethod
+    def _place(
+        subscriber: Subscriber, partitions: int, after: Position | None
+    ) -> Callable[[str], int]:
+        """With several partitions, gives the subscriber its position: the client's, and where
+        it joined the partitions the client's does not name. Returns the partition of a
+        channel."""
+        if partitions == 1:
+            return _the_one_partition
+        position = after.copy() if after is not None else Position(partitions)
+        if not position.lost:
+            for partition, start in (subscriber.starts or {}).items():
+                if position.after(partition) is None:
+                    position.advance(partition, start or FROM_THE_OLDEST)
+        places = {channel: partition_of(channel, partitions) for channel in subscriber.channels}
+        subscriber.position = StreamPosition(position, places)
+        return subscriber.position.partition_of
 
     async def _replayed(
         self, replay: Replay, subscriber: Subscriber, retry: bytes
@@ -197,7 +223,7 @@ class EventStream:
             yield retry + encode_comment("up to date")
 
     async def _live(
-        self, subscriber: Subscriber, replay_end: tuple[int, int] | None
+        self, subscriber: Subscriber, after_replay: AfterReplay | None
     ) -> AsyncGenerator[bytes, None]:
         """Live events until the stream ends. While the client keeps up (and, after a replay, once
         the live events have passed it), the hub writes them itself (see hub.py); this loop then
@@ -220,7 +246,8 @@ class EventStream:
                     return
             # Not while it is behind: what it is sent then goes through the send, which waits for
             # it to drain or cuts it off.
-            if direct is not None and replay_end is None and direct.keeping_up():
+            replaying = after_replay is not None and not after_replay.done
+            if direct is not None and not replaying and direct.keeping_up():
                 subscriber.attach(direct.write_now)
             batch = await subscriber.next_batch(wait)
             subscriber.detach()  # what this loop sends next goes after what the hub wrote
@@ -228,9 +255,9 @@ class EventStream:
                 if deadline is None or loop.time() < deadline:
                     yield HEARTBEAT
                 continue
-            if replay_end is not None:
-                batch, replay_end = _skip_replayed(batch, replay_end)
-            for chunk in _chunks(item.wire for item in batch):
+            if after_replay is not None and not after_replay.done:
+                batch = after_replay.filter(batch)
+            for chunk in _chunks(subscriber.wire_of(item) for item in batch):
                 yield chunk
         if subscriber.revoked:
             self.reason = EndReason.REVOKED
@@ -275,14 +302,5 @@ def _chunks(wires: Iterable[bytes]) -> Iterable[bytes]:
         yield b"".join(parts)
 
 
-def _skip_replayed(
-    batch: list[Event | Reset], replay_end: tuple[int, int]
-) -> tuple[list[Event | Reset], tuple[int, int] | None]:
-    """Drop live events the replay already sent; after the first newer one, stop checking."""
-    kept: list[Event | Reset] = []
-    for index, item in enumerate(batch):
-        if isinstance(item, Reset) or item.sort_key is None:
-            kept.append(item)
-        elif item.sort_key > replay_end:
-            return kept + batch[index:], None
-    return kept, replay_end
+def _the_one_partition(channel: str) -> int:
+    return 0

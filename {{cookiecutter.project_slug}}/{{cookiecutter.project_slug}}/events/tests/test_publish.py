@@ -9,7 +9,8 @@ from django.test import override_settings
 from ..broker import get_broker
 from ..broker.base import AccessChange, Feed
 from ..core.event import Event
-from ..delivery.hub import Hub, Reset, Subscriber
+from ..delivery.hub import Hub, Subscriber
+from ..delivery.position import Reset
 from ..exceptions import BrokerUnavailable
 from ..publish import apublish, publish
 

@@ -50,14 +50,14 @@ if KEYS[2] then
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                       'channel', ARGV[4], 'envelope', ARGV[3])
-redis.call('PUBLISH', ARGV[2], id .. ' ' .. redis.sha1hex(ARGV[5] .. id) .. '\\n' .. ARGV[3])
-if KEYS[2] then redis.call('SET', KEYS[2], id .. ' ' .. ARGV[7], 'EX', ARGV[6]) end
+redis.call(ARGV[6], ARGV[2], id .. ' ' .. redis.sha1hex(ARGV[5] .. id) .. '\\n' .. ARGV[3])
+if KEYS[2] then redis.call('SET', KEYS[2], id .. ' ' .. ARGV[8], 'EX', ARGV[7]) end
 return {1, id}
 """
 # Access changes: appended to their own capped stream, and published with their id.
 _SIGNAL_ACCESS_CHANGE = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'change', ARGV[3])
-redis.call('PUBLISH', ARGV[2], id .. '\\n' .. ARGV[3])
+redis.call(ARGV[4], ARGV[2], id .. '\\n' .. ARGV[3])
 return id
 """
 
@@ -83,16 +83,21 @@ class RedisBroker(Broker):
         self._signal_access_change_script = connection.script(_SIGNAL_ACCESS_CHANGE)
 
     def _publish_args(self, draft: Draft, once: Once | None) -> tuple[list[str], list[str | int]]:
-        keys = [self.history.key]
+        connection = self.connection
+        partition = connection.partition_of(draft.channel)
+        keys = [self.history.key(partition)]
         args: list[str | int] = [
-            self.connection.history_length,
-            self.connection.pubsub_channel(draft.channel),
+            connection.history_length,
+            connection.pubsub_channel(draft.channel),
             draft.envelope,
             draft.channel,
-            self.connection.signing_keys[0],
+            connection.signing_keys[0],
+            connection.publish_command,
         ]
         if once is not None:
-            keys.append(self.connection.key("idempotency", once.digest))
+            # In the event's partition: one script, on one node. A key used again for an event
+            # of another partition is not seen there (docs/events.md).
+            keys.append(connection.partition_key(partition, "idempotency", once.digest))
             args += [once.seconds, envelope_digest(draft)]
         return keys, args
 
@@ -140,21 +145,30 @@ class RedisBroker(Broker):
             )
         return publication
 
+    @property
+    def partitions(self) -> int:
+        return self.connection.partitions
+
     def history_after(
-        self, event_id: str | None, channels: Container[str] | None = None
+        self, partition: int, event_id: str | None, channels: Container[str] | None = None
     ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
-        return self.history.history_after(event_id, channels)
+        return self.history.history_after(partition, event_id, channels)
 
-    async def latest_event_id(self) -> str | None:
-        return await self.history.latest_event_id()
+    async def latest_event_id(self, partition: int) -> str | None:
+        return await self.history.latest_event_id(partition)
 
-    async def reset_point(self) -> str:
-        return await self.history.reset_point()
+    async def reset_point(self, partition: int) -> str:
+        return await self.history.reset_point(partition)
 
     def signal_access_change(self, change: AccessChange) -> None:
         control = self.connection.pubsub_channel(CONTROL)
         keys = [self.history.access_changes_key]
-        args = [str(ACCESS_CHANGES_KEPT), control, change.encode().decode()]
+        args = [
+            str(ACCESS_CHANGES_KEPT),
+            control,
+            change.encode().decode(),
+            self.connection.publish_command,
+        ]
         try:
             try:
                 self._signal_access_change_script(keys=keys, args=args)
@@ -162,7 +176,9 @@ class RedisBroker(Broker):
                 # The key holds something else (or Redis refuses writes): the processes
                 # connected now still get the change, without an id.
                 logger.error("Access change not kept in %s: %s", keys[0], error)
-                self.connection.sync_client.publish(control, change.encode())
+                self.connection.sync_client.execute_command(
+                    self.connection.publish_command, control, change.encode()
+                )
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 

@@ -17,6 +17,7 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from ...core.event import parse_event_id
+from ...core.positions import partition_of
 from ..base import HISTORY_PAGE_SIZE, HistoryGap
 from .sentinel import async_master_client, master_client
 from .urls import is_sentinel_url, parse_sentinel_url
@@ -48,9 +49,16 @@ class RedisConnection:
         max_payload_bytes: int,
         health_check_seconds: float,
         signing_keys: tuple[str, ...],
+        partitions: int = 1,
     ) -> None:
         self.url = url
         self.prefix = prefix
+        self.partitions = partitions
+        # Keys and channels carry their partition's hash tag with several partitions, and on a
+        # cluster (where a script's keys must share a slot); one Redis with one partition keeps
+        # the names it always had.
+        self.sharded = False
+        self._tagged = partitions > 1
         self.history_length = history_length
         self.max_payload_bytes = max_payload_bytes
         self.health_check_seconds = health_check_seconds
@@ -74,11 +82,32 @@ class RedisConnection:
         """A key of this project's, e.g. ``key("history")``: ``<prefix>:history``."""
         return ":".join((self.prefix, *parts))
 
+    def partition_of(self, channel: str) -> int:
+        return partition_of(channel, self.partitions)
+
+    def partition_key(self, partition: int, *parts: str) -> str:
+        """A key of one partition, e.g. its history: ``{<prefix>.<partition>}:history`` (in one
+        slot with the partition's other keys and channels), or ``<prefix>:history`` untagged."""
+        return ":".join((self._space(partition), *parts))
+
     def pubsub_channel(self, channel: str) -> str:
-        return f"{self.prefix}:{channel}"
+        """Where ``channel``'s events are published: in its partition's slot."""
+        return f"{self._space(self.partition_of(channel))}:{channel}"
 
     def channel_of(self, pubsub_channel: bytes) -> str:
-        return pubsub_channel.decode(errors="replace").removeprefix(f"{self.prefix}:")
+        name = pubsub_channel.decode(errors="replace")
+        if self._tagged:
+            return name.partition("}:")[2]
+        return name.removeprefix(f"{self.prefix}:")
+
+    @property
+    def publish_command(self) -> str:
+        """Sharded Pub/Sub on a cluster (a channel lives on its slot's node only; classic Pub/Sub
+        copies every message to every node), classic otherwise (any Redis version)."""
+        return "SPUBLISH" if self.sharded else "PUBLISH"
+
+    def _space(self, partition: int) -> str:
+        return f"{{{self.prefix}.{partition}}}" if self._tagged else self.prefix
 
     # --- Clients and scripts ------------------------------------------------------------------
 

@@ -10,10 +10,12 @@ What keeps it delivering:
   ``health_check_seconds``, the feed sends a PING on the connection; if no reply of any kind comes
   within as long again, the connection is dropped and replaced (a NAT or a frozen Redis keeps TCP
   open and silent, which the OS would notice only after hours).
-- **Catch-up is exact.** The feed keeps a watermark: the newest history id such that every event up
-  to it, on every channel it subscribes to, has been received. After a reconnect it replays from
-  history what came after the watermark, then resumes live delivery without a duplicate; if the
-  watermark is no longer in history, its clients get a ``reset``.
+- **Catch-up is exact.** The feed keeps a watermark per partition of history
+  (``core/positions.py``): the newest id of the partition such that every event up to it, on
+  every channel it subscribes to there, has been received. After a reconnect it replays from each
+  partition's history what came after its watermark, then resumes live delivery without a
+  duplicate; if a watermark is no longer in history, the clients of that partition get a
+  ``reset``.
 
 The feed also listens, for its whole life, to the control channel (``core/channels.CONTROL``),
 where processes ask each other to recheck the access of a user's open streams
@@ -22,11 +24,11 @@ same way after a reconnect (at once: a change that names a credential ends its s
 database is asked). Then every open stream is rechecked anyway: a change whose sender could not
 reach Redis while this connection was down is in no history at all.
 
-The watermark moves with every live event, and when a channel is subscribed: the newest id is read
-just before the SUBSCRIBE is sent, and it becomes the watermark when Redis confirms the SUBSCRIBE
-on this connection. Redis answers on one connection in order, so by then every earlier event on
-the channels already subscribed has arrived; and the new channel's earlier events were published
-before its clients connected, so a catch-up must not send them.
+A watermark moves with every live event of its partition, and when a channel is subscribed: the
+partition's newest id is read just before the SUBSCRIBE is sent, and it becomes the watermark when
+Redis confirms the SUBSCRIBE on this connection. Redis answers on one connection in order, so by
+then every earlier event on the channels already subscribed has arrived; and the new channel's
+earlier events were published before its clients connected, so a catch-up must not send them.
 """
 
 import asyncio
@@ -40,6 +42,7 @@ import redis.asyncio as aioredis
 
 from ...core.channels import CONTROL
 from ...core.event import parse_envelope, parse_event_id
+from ...core.positions import EventKey
 from ...exceptions import BrokerUnavailable
 from ...telemetry import metrics
 from ...telemetry.malformed import report_malformed
@@ -75,12 +78,12 @@ class RedisFeed(Feed):
         self._pubsub: aioredis.client.PubSub | None = None
         self._connected = asyncio.Event()
         self._problem: str | None = "connecting to Redis"
-        self._watermark: str | None = None  # None: history was empty, or nothing read yet
-        self._watermark_key = (0, 0)
+        # Per partition: the watermark's id (None: history was empty) and its key.
+        self._watermarks: dict[int, tuple[str | None, EventKey]] = {}
         # The newest access change received, read when the first connection is made.
         self._access_watermark = NO_ACCESS_CHANGE
         self._access_watermark_key = (0, 0)
-        self._latest_id: asyncio.Task[str | None] | None = None
+        self._latest_ids: dict[int, asyncio.Task[str | None]] = {}
         self._closing = False
         self._supervisor = self._start()
 
@@ -89,7 +92,7 @@ class RedisFeed(Feed):
 
     # --- Feed ---------------------------------------------------------------------------------
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> str | None:
         self._ensure_running()
         self._channels.add(channel)
         try:
@@ -97,18 +100,19 @@ class RedisFeed(Feed):
                 while channel in self._channels:
                     await self._connected.wait()
                     try:
-                        await self._subscribe_on_this_connection(channel)
-                        return
+                        return await self._subscribe_on_this_connection(channel)
                     except (_ConnectionLost, BrokerUnavailable, redis.RedisError, OSError):
                         # The reader notices within a second, reconnects and resubscribes.
                         await asyncio.sleep(0.05)
         except TimeoutError:
             self._channels.discard(channel)
             raise BrokerUnavailable("Could not subscribe: Redis is unavailable.") from None
+        return None  # unsubscribed meanwhile: no one waits for its events
 
-    async def _subscribe_on_this_connection(self, channel: str) -> None:
+    async def _subscribe_on_this_connection(self, channel: str) -> str | None:
         pubsub = self._pubsub
-        latest = await self._newest_id()
+        partition = self._connection.partition_of(channel)
+        latest = await self._newest_id(partition)
         if pubsub is None or pubsub is not self._pubsub:
             raise _ConnectionLost
         confirmed = asyncio.get_running_loop().create_future()
@@ -118,14 +122,20 @@ class RedisFeed(Feed):
             await confirmed
         finally:
             self._forget_confirmation(channel, confirmed)
-        self._advance(latest)
+        self._advance(partition, latest)
+        # Not the watermark now: events of this channel may have come in since the
+        # confirmation, and reached its subscribers.
+        return latest
 
-    async def _newest_id(self) -> str | None:
+    async def _newest_id(self, partition: int) -> str | None:
         # Shared by the subscriptions that start while one read is in flight: it was sent before
         # any of their SUBSCRIBEs, which is all that matters.
-        if self._latest_id is None or self._latest_id.done():
-            self._latest_id = asyncio.ensure_future(self._history.latest_event_id())
-        return await asyncio.shield(self._latest_id)
+        latest = self._latest_ids.get(partition)
+        if latest is None or latest.done():
+            latest = self._latest_ids[partition] = asyncio.ensure_future(
+                self._history.latest_event_id(partition)
+            )
+        return await asyncio.shield(latest)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
@@ -135,6 +145,9 @@ class RedisFeed(Feed):
                 await self._pubsub.unsubscribe(self._connection.pubsub_channel(channel))
             except (redis.RedisError, OSError) as error:
                 logger.debug("Unsubscribe from %r failed: %s", channel, error)
+
+    def watermark(self, partition: int) -> str | None:
+        return self._watermarks.get(partition, (None, (0, 0)))[0]
 
     def problem(self) -> str | None:
         # Read from other threads (readiness probes): only reads attributes.
@@ -193,8 +206,11 @@ class RedisFeed(Feed):
         """Subscribe every wanted channel, then catch up: nothing published meanwhile is lost."""
         await pubsub.connect()  # type: ignore[no-untyped-call]
         if not catch_up:
-            self._advance(await self._history.latest_event_id())
             self._advance_access(await self._history.access_changes_point())
+        # A partition without a watermark has no subscription confirmed yet: no client of it
+        # waits for anything published before now.
+        for partition in self._partitions() - self._watermarks.keys():
+            self._advance(partition, await self._history.latest_event_id(partition))
         held: list[dict[str, Any]] = []
         channels = {self._connection.pubsub_channel(name) for name in {*self._channels, CONTROL}}
         await pubsub.subscribe(*channels)
@@ -220,21 +236,28 @@ class RedisFeed(Feed):
         self._problem = None
         self._connected.set()
 
+    def _partitions(self) -> set[int]:
+        return {self._connection.partition_of(channel) for channel in self._channels}
+
     async def _catch_up(self) -> None:
         """Deliver what was published while the connection was down, or make clients reset."""
-        try:
-            async for last_id, events in self._history.history_after(
-                self._watermark, self._channels
-            ):
-                for event in events:
-                    self._sink.deliver(event)
-                self._advance(last_id)
-        except HistoryGap:
-            logger.warning("Events after %s are gone from history; clients reset", self._watermark)
-            point = await self._history.reset_point()
-            self._watermark, self._watermark_key = None, (0, 0)
-            self._advance(point)
-            self._sink.lost_events(point)
+        for partition in sorted(self._partitions()):
+            watermark = self._watermarks.get(partition, (None, (0, 0)))[0]
+            try:
+                async for last_id, events in self._history.history_after(
+                    partition, watermark, self._channels
+                ):
+                    for event in events:
+                        self._sink.deliver(event)
+                    self._advance(partition, last_id)
+            except HistoryGap:
+                logger.warning(
+                    "Events after %s are gone from history; clients reset", watermark
+                )
+                point = await self._history.reset_point(partition)
+                self._watermarks.pop(partition, None)
+                self._advance(partition, point)
+                self._sink.lost_events(partition, point)
 
     async def _catch_up_access_changes(self) -> None:
         """Recheck the streams of every access change made while the connection was down."""
@@ -310,10 +333,11 @@ class RedisFeed(Feed):
         if event.id is not None:
             # Signed ids only grow: an older one was delivered by a catch-up after a reconnect
             # (or is a signed message replayed by someone with access to Redis).
+            partition = self._connection.partition_of(channel)
             key = parse_event_id(event.id)
-            if key <= self._watermark_key:
+            if key <= self._watermarks.get(partition, (None, (0, 0)))[1]:
                 return
-            self._watermark, self._watermark_key = event.id, key
+            self._watermarks[partition] = (event.id, key)
         self._sink.deliver(event)
 
     def _handle_access_change(self, payload: bytes) -> None:
@@ -337,9 +361,17 @@ class RedisFeed(Feed):
         head, _, envelope = payload.partition(b"\n")
         return verified_id(head, self._connection.signing_keys), envelope
 
-    def _advance(self, event_id: str | None) -> None:
-        if event_id is not None and (key := parse_event_id(event_id)) > self._watermark_key:
-            self._watermark, self._watermark_key = event_id, key
+    def _advance(self, partition: int, event_id: str | None) -> None:
+        """The partition's watermark is at least ``event_id`` (None: its history was empty; a
+        partition without one catches up from its oldest event)."""
+        current = self._watermarks.get(partition)
+        if event_id is None:
+            if current is None:
+                self._watermarks[partition] = (None, (0, 0))
+            return
+        key = parse_event_id(event_id)
+        if current is None or key > current[1]:
+            self._watermarks[partition] = (event_id, key)
 
     def _advance_access(self, change_id: str) -> None:
         if (key := parse_event_id(change_id)) > self._access_watermark_key:

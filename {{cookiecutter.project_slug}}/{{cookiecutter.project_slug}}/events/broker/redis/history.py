@@ -1,5 +1,6 @@
-"""Reading the Redis broker's history: the events of ``<prefix>:history`` and the access changes
-of ``<prefix>:access-changes``, two capped Redis streams read by the same pager.
+"""Reading the Redis broker's history: the events of each partition's history (``<prefix>:history``
+with one partition, ``{<prefix>.<n>}:history`` with several) and the access changes (kept in the
+control channel's partition), capped Redis streams read by the same pager.
 
 Replay reads events after a client's ``Last-Event-ID``; the feed reads both after its watermarks
 when it reconnects. Entries that cannot be used are skipped and reported, never fatal.
@@ -12,7 +13,7 @@ from typing import Any, cast
 
 import redis
 
-from ...core.channels import RESET_MARKER
+from ...core.channels import CONTROL, RESET_MARKER
 from ...core.event import Event, parse_envelope
 from ...exceptions import BrokerUnavailable, EventError
 from ...telemetry.malformed import report_malformed
@@ -39,18 +40,23 @@ ACCESS_CHANGES_KEPT = 10_000
 class RedisHistory:
     def __init__(self, connection: RedisConnection) -> None:
         self._connection = connection
-        self.key = connection.key("history")
-        self.access_changes_key = connection.key("access-changes")
+        self.access_changes_key = connection.partition_key(
+            connection.partition_of(CONTROL), "access-changes"
+        )
         self._newest_or_marker = connection.script(_NEWEST_OR_MARKER)
+
+    def key(self, partition: int) -> str:
+        return self._connection.partition_key(partition, "history")
 
     # --- Events -------------------------------------------------------------------------------
 
     async def history_after(
-        self, event_id: str | None, channels: Container[str] | None = None
+        self, partition: int, event_id: str | None, channels: Container[str] | None = None
     ) -> AsyncIterator[tuple[str, Iterable[Event]]]:
         """See Broker.history_after."""
+        key = self.key(partition)
         try:
-            async with aclosing(self._connection.entries_after(self.key, event_id)) as pages:
+            async with aclosing(self._connection.entries_after(key, event_id)) as pages:
                 async for entries in pages:
                     # Built one at a time as the reader takes them: never a page of parsed events.
                     events = (self._event(entry, channels) for entry in entries)
@@ -58,21 +64,25 @@ class RedisHistory:
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
 
-    async def latest_event_id(self) -> str | None:
+    async def latest_event_id(self, partition: int) -> str | None:
         try:
             entries = cast(
                 list[tuple[bytes, Any]],
-                await self._connection.async_client().xrevrange(self.key, "+", "-", count=1),
+                await self._connection.async_client().xrevrange(
+                    self.key(partition), "+", "-", count=1
+                ),
             )
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return entries[0][0].decode() if entries else None
 
-    async def reset_point(self) -> str:
+    async def reset_point(self, partition: int) -> str:
         """See Broker.reset_point."""
         args: list[str | int] = [self._connection.history_length, RESET_MARKER]
         try:
-            point = await self._connection.run(self._newest_or_marker, [self.key], args)
+            point = await self._connection.run(
+                self._newest_or_marker, [self.key(partition)], args
+            )
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return str(point.decode())
