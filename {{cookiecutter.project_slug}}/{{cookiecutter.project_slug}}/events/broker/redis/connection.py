@@ -107,7 +107,8 @@ class RedisConnection:
         return "SPUBLISH" if self.sharded else "PUBLISH"
 
     def _space(self, partition: int) -> str:
-        return f"{{{self.prefix}.{partition}}}" if self._tagged else self.prefix
+        # A hash tag: Redis Cluster places a key by the part between its braces.
+        return "{" + f"{self.prefix}.{partition}" + "}" if self._tagged else self.prefix
 
     # --- Clients and scripts ------------------------------------------------------------------
 
