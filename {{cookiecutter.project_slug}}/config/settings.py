@@ -261,6 +261,9 @@ REDIS_URL = env.str("REDIS_URL", default="")
 EVENTS_HEARTBEAT_SECONDS = env.float("EVENTS_HEARTBEAT_SECONDS", default=15.0)
 EVENTS_RETRY_MILLISECONDS = env.int("EVENTS_RETRY_MILLISECONDS", default=3000)
 EVENTS_HISTORY_LENGTH = env.int("EVENTS_HISTORY_LENGTH", default=10000)
+# Partitions of history (docs/events.md): each its own order, spread over a Redis Cluster's nodes.
+# One keeps plain ids; changing it makes every client reset once.
+EVENTS_PARTITIONS = env.int("EVENTS_PARTITIONS", default=1)
 EVENTS_MAX_PAYLOAD_BYTES = env.int("EVENTS_MAX_PAYLOAD_BYTES", default=65536)
 EVENTS_MAX_TOPICS_PER_STREAM = env.int("EVENTS_MAX_TOPICS_PER_STREAM", default=16)
 EVENTS_CLIENT_QUEUE_SIZE = env.int("EVENTS_CLIENT_QUEUE_SIZE", default=1000)

@@ -10,6 +10,7 @@ from django.utils.module_loading import import_string
 from .broker.rates import Rate
 from .broker.redis.urls import check_redis_url
 from .conf import event_settings
+from .core.positions import MAX_PARTITIONS
 
 
 @register()
@@ -41,6 +42,14 @@ def check_event_settings(**_: Any) -> list[Error]:
                 f"EVENTS_TOPIC_AUTHORIZER: {error}",
                 hint="Name a function (user, topic) -> bool by its dotted path.",
                 id="events.E002",
+            )
+        )
+    if not 1 <= settings.partitions <= MAX_PARTITIONS:
+        errors.append(
+            Error(
+                f"EVENTS_PARTITIONS={settings.partitions} is out of range.",
+                hint=f"1 to {MAX_PARTITIONS}: 1 on one Redis, a few per Redis Cluster master.",
+                id="events.E005",
             )
         )
     if settings.redis_url:

@@ -15,6 +15,7 @@ class EventSettings:
     redis_url: str
     redis_prefix: str
     history_length: int
+    partitions: int
     heartbeat_seconds: float
     retry_milliseconds: int
     max_payload_bytes: int
@@ -49,6 +50,7 @@ def event_settings() -> EventSettings:
         redis_url=settings.REDIS_URL,
         redis_prefix=settings.EVENTS_REDIS_PREFIX,
         history_length=settings.EVENTS_HISTORY_LENGTH,
+        partitions=settings.EVENTS_PARTITIONS,
         heartbeat_seconds=settings.EVENTS_HEARTBEAT_SECONDS,
         retry_milliseconds=settings.EVENTS_RETRY_MILLISECONDS,
         max_payload_bytes=settings.EVENTS_MAX_PAYLOAD_BYTES,

@@ -38,7 +38,7 @@ from ..broker import get_broker
 from ..broker.rates import OverRate
 from ..conf import EventSettings, event_settings
 from ..core.channels import BROADCAST, topic_channel, user_channel
-from ..core.event import parse_event_id
+from ..core.positions import Position
 from ..delivery import stats
 from ..delivery.stream import EventStream, EventStreamResponse
 from ..exceptions import EventError, InvalidEventId
@@ -123,10 +123,11 @@ class EventStreamView(APIView):
             "Last-Event-ID": request.headers.get("Last-Event-ID"),
             "last_event_id": request.query_params.get("last_event_id"),
         }
+        partitions = get_broker().partitions
         for name, last_event_id in given.items():
             if last_event_id:
                 try:
-                    parse_event_id(last_event_id)
+                    Position.parse(last_event_id, partitions)
                 except InvalidEventId as error:
                     raise ValidationError({name: [str(error)]}) from error
         return given["Last-Event-ID"] or given["last_event_id"] or None

@@ -207,7 +207,7 @@ class Hub:
         self._feed: Feed = broker.open_feed(self)
         self._subscribers: dict[str, set[Subscriber]] = {}
         # A channel's first subscriber subscribes the feed; later ones wait for the same future.
-        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._ready: dict[str, asyncio.Future[str | None]] = {}
         self._rechecks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self._recheck_all: asyncio.Task[None] | None = None
         self._recheck_all_again = False
@@ -371,7 +371,7 @@ class Hub:
         await self._feed.aclose()
 
 
-def _retrieve_exception(future: "asyncio.Future[None]") -> None:
+def _retrieve_exception(future: "asyncio.Future[str | None]") -> None:
     if not future.cancelled():
         future.exception()
 

@@ -36,7 +36,7 @@ def test_apublish_stores_events_in_redis_history(redis_url: str) -> None:
     async def scenario() -> tuple[str | None, list[str | None]]:
         first = await apublish("note", 1, topic="news")
         second = await apublish("note", 2)
-        history = get_broker().history_after(first.id)
+        history = get_broker().history_after(0, first.id)
         return second.id, [event.id async for _, page in history for event in page]
 
     with override_settings(REDIS_URL=redis_url, EVENTS_REDIS_PREFIX="test-apublish"):
@@ -140,7 +140,7 @@ class RecordingSink:
     def deliver(self, event: Event) -> None:
         self.events.append(event.id)
 
-    def lost_events(self, reset_point: str) -> None:
+    def lost_events(self, partition: int, reset_point: str) -> None:
         raise AssertionError("no reset expected")
 
     def access_changed(self, change: AccessChange) -> None:

@@ -176,9 +176,7 @@ class RedisBroker(Broker):
                 # The key holds something else (or Redis refuses writes): the processes
                 # connected now still get the change, without an id.
                 logger.error("Access change not kept in %s: %s", keys[0], error)
-                self.connection.sync_client.execute_command(
-                    self.connection.publish_command, control, change.encode()
-                )
+                self.connection.publish(control, change.encode())
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 

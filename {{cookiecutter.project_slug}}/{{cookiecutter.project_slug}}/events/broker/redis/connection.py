@@ -106,6 +106,11 @@ class RedisConnection:
         copies every message to every node), classic otherwise (any Redis version)."""
         return "SPUBLISH" if self.sharded else "PUBLISH"
 
+    def publish(self, pubsub_channel: str, message: bytes) -> None:
+        """One message outside the scripts, as they publish."""
+        client = self.sync_client
+        (client.spublish if self.sharded else client.publish)(pubsub_channel, message)
+
     def _space(self, partition: int) -> str:
         # A hash tag: Redis Cluster places a key by the part between its braces.
         return "{" + f"{self.prefix}.{partition}" + "}" if self._tagged else self.prefix
