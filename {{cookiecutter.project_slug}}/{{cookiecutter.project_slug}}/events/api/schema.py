@@ -66,11 +66,14 @@ def _error(description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
-# An id the server sent (core.event.EVENT_ID). The server also takes 20-digit parts up to 2**64 - 1,
-# which it never sends before the year 318 million: 19 digits say it without a bound to compute.
-_EVENT_ID_SCHEMA = {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$"}
+# An id the server sent: an event's id with one partition, a position over several
+# (core/positions.py). The server also takes 20-digit parts up to 2**64 - 1, which it never sends
+# before the year 318 million: 19 digits say it without a bound to compute.
+_ID = "[0-9]{1,19}-[0-9]{1,19}"
+_POSITION = _ID + "|p[0-9]{1,4}(\\.[0-9]{1,4}_" + _ID + ")+"
+_EVENT_ID_SCHEMA = {"type": "string", "pattern": "^(" + _POSITION + ")$", "maxLength": 2048}
 # Where to resume: an id, or empty for "from now" (as if left out).
-_RESUME_AFTER_SCHEMA = {"type": "string", "pattern": "^([0-9]{1,19}-[0-9]{1,19})?$"}
+_RESUME_AFTER_SCHEMA = {"type": "string", "pattern": "^(" + _POSITION + ")?$", "maxLength": 2048}
 _STREAM_EVENT_SCHEMA = {
     "type": "object",
     "properties": {

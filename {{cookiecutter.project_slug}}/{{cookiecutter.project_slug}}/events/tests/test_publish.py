@@ -76,6 +76,8 @@ class RecordingFeed(Feed):
 
 
 class RecordingBroker:
+    partitions = 1
+
     def __init__(self) -> None:
         self.feed = RecordingFeed()
 
