@@ -34,7 +34,7 @@ def test_an_unexpected_error_mid_stream_ends_it_with_a_comment_and_a_log_line(
     """Whatever fails once the response has started (here: a bug in reading history), the client
     learns that its stream ended and the log says why; the failure never escapes to the server."""
 
-    def broken_history(event_id: str, channels: object = None) -> NoReturn:
+    def broken_history(partition: int, event_id: str, channels: object = None) -> NoReturn:
         raise RuntimeError("a bug in reading history")
 
     async def scenario() -> list[bytes]:
