@@ -1,26 +1,31 @@
 """What every part of the Redis broker shares: where things are (keys and channels), the clients
-that reach them (of one Redis server, or of the master Redis Sentinel names: ``sentinel.py``), how
-a Lua script runs, and the pager that reads a capped stream (the events' history and the access
-changes alike).
+that reach them (of one Redis server, of the master Redis Sentinel names: ``sentinel.py``, or of a
+Redis Cluster: ``cluster.py``), how a Lua script runs, and the pager that reads a capped stream
+(the events' history and the access changes alike).
 """
 
 import asyncio
+import hashlib
+import threading
 import weakref
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.retry import Retry
 
 from ...core.event import parse_event_id
 from ...core.positions import partition_of
 from ..base import HISTORY_PAGE_SIZE, HistoryGap
+from .cluster import async_cluster_client, cluster_client
 from .sentinel import async_master_client, master_client
-from .urls import is_sentinel_url, parse_sentinel_url
+from .urls import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
 # Connections are few and long-lived; failures should surface fast so that callers see them.
 # No retries: redis-py would send a command again after a lost reply, and the publish script is not
@@ -34,6 +39,14 @@ _CONNECTION_OPTIONS: dict[str, Any] = {
 # Replays and async publishes share a small pool: connections stay constant however many
 # clients connect; a burst of reconnecting clients waits for a free connection instead.
 _POOL_SIZE = 8
+# A cluster's async client has a pool per node, and redis-py's does not wait for a free
+# connection: a command beyond it fails at once (MaxConnectionsError, a ConnectionError). So each
+# node gets more than the waiting pool above, for a burst to fit, and still a bound.
+_CLUSTER_NODE_POOL_SIZE = 32
+
+# The clients, of one server (or of Sentinel's master) or of a cluster.
+SyncClient = redis.Redis | RedisCluster
+AsyncClient = aioredis.Redis | AsyncRedisCluster
 
 # An entry of a Redis stream as the clients return it (they do not decode responses).
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -64,17 +77,18 @@ class RedisConnection:
         self.health_check_seconds = health_check_seconds
         self.signing_keys = signing_keys  # the first signs, all verify (signing.py)
         self._sentinel = parse_sentinel_url(url) if is_sentinel_url(url) else None
-        if self._sentinel is None:
-            self.sync_client = redis.Redis.from_url(
-                url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS
-            )
-        else:
-            self.sync_client = master_client(
-                self._sentinel, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS
-            )
+        self._cluster = parse_cluster_url(url) if is_cluster_url(url) else None
+        self._sync_client: SyncClient | None = None
+        self._sync_client_lock = threading.Lock()
+        if self._cluster is None:  # these connect on their first command, not here
+            self._sync_client = self._new_sync_client()
         # redis.asyncio clients belong to the event loop that created them.
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient]
         self._async_clients = weakref.WeakKeyDictionary()
+
+    @property
+    def is_cluster(self) -> bool:
+        return self._cluster is not None
 
     # --- Where things are ---------------------------------------------------------------------
 
@@ -117,14 +131,41 @@ class RedisConnection:
 
     # --- Clients and scripts ------------------------------------------------------------------
 
-    def async_client(self) -> aioredis.Redis:
+    @property
+    def sync_client(self) -> SyncClient:
+        """A cluster's is built on first use: it connects as it is built (to learn the slot map),
+        and a cluster not answering yet must not keep the broker from being built: its commands
+        fail instead, with a redis.ConnectionError, as one server's would."""
+        client = self._sync_client
+        if client is None:
+            with self._sync_client_lock:  # one client, even when threads race for it
+                if self._sync_client is None:
+                    self._sync_client = self._new_sync_client()
+                client = self._sync_client
+        return client
+
+    def _new_sync_client(self) -> SyncClient:
+        if self._cluster is not None:
+            # The cluster client takes its retry apart from the connections' (cluster.py).
+            return cluster_client(self._cluster, **_CONNECTION_OPTIONS)
+        if self._sentinel is not None:
+            return master_client(self._sentinel, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS)
+        return redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **_CONNECTION_OPTIONS)
+
+    def async_client(self) -> AsyncClient:
+        """This event loop's client. A cluster's learns the slot map on its first command: await
+        its ``initialize()`` before subscribing to a shard channel (``cluster.py``)."""
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
             client = self._async_clients[loop] = self._new_async_client()
         return client
 
-    def _new_async_client(self) -> aioredis.Redis:
+    def _new_async_client(self) -> AsyncClient:
+        if self._cluster is not None:
+            return async_cluster_client(
+                self._cluster, max_connections=_CLUSTER_NODE_POOL_SIZE, **_CONNECTION_OPTIONS
+            )
         options: dict[str, Any] = {
             "max_connections": _POOL_SIZE,
             "timeout": 10,
@@ -138,6 +179,8 @@ class RedisConnection:
 
     def script(self, source: str) -> Script:
         """A Lua script, run by its SHA1 (sent in full only when Redis does not know it)."""
+        if self._cluster is not None:
+            return _ClusterScript(self, source)
         return self.sync_client.register_script(source)
 
     async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
@@ -178,3 +221,19 @@ class RedisConnection:
                 return
             start = entries[-1][0].decode()
             anchor = parse_event_id(start)
+
+
+class _ClusterScript(Script):
+    """A script of a cluster's sync client, which it reaches only when run: the scripts are
+    registered as the broker is built, before the client is (``sync_client``)."""
+
+    def __init__(self, connection: RedisConnection, source: str) -> None:
+        # Not Script's __init__, which asks the client for its encoding: the clients here keep
+        # redis-py's, UTF-8.
+        self._connection = connection
+        self.script = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    @property
+    def registered_client(self) -> SyncClient:  # type: ignore[override]
+        return self._connection.sync_client

@@ -1,0 +1,116 @@
+"""The clients of a ``redis+cluster://`` URL, with a real Redis Cluster (three masters, a replica
+each, a password): each command reaches the master of its key's slot, whichever it is."""
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+from tests.cluster import RedisClusterDeployment, redis_cluster
+from tests.services import free_port
+
+from ..broker.redis.cache import RedisCache
+from ..broker.redis.connection import RedisConnection
+from ..broker.redis.urls import check_redis_url
+
+PASSWORD = "cluster-secret"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterDeployment]:
+    with redis_cluster(tmp_path_factory.mktemp("cluster"), password=PASSWORD) as deployment:
+        yield deployment
+
+
+def _connection(url: str) -> RedisConnection:
+    return RedisConnection(
+        url,
+        prefix="cluster-clients",
+        history_length=100,
+        max_payload_bytes=1000,
+        health_check_seconds=5,
+        signing_keys=("key",),
+    )
+
+
+def _one_key_per_master(
+    deployment: RedisClusterDeployment,
+    prefix: str,
+    stored_as: Callable[[str], str] = lambda key: key,
+) -> dict[int, str]:
+    """A key for each master, by its port; ``stored_as`` is the key Redis gets for one."""
+    masters = {master.port for master in deployment.masters()}
+    keys: dict[int, str] = {}
+    number = 0
+    while set(keys) != masters:
+        key = f"{prefix}:{number}"
+        keys.setdefault(deployment.owner_of_key(stored_as(key)).port, key)
+        number += 1
+    return keys
+
+
+def test_the_url_is_accepted(deployment: RedisClusterDeployment) -> None:
+    check_redis_url(deployment.url)
+
+
+def test_the_sync_client_reaches_every_master(deployment: RedisClusterDeployment) -> None:
+    connection = _connection(deployment.url)
+    client = connection.sync_client
+    assert isinstance(client, RedisCluster)
+    keys = _one_key_per_master(deployment, "sync")
+    try:
+        for port, key in keys.items():
+            client.set(key, str(port))
+        assert [client.get(key) for key in keys.values()] == [str(port).encode() for port in keys]
+        # Each on its slot's master, not copied around by the client.
+        for port, key in keys.items():
+            assert deployment.node(port).client().get(key) == str(port)
+    finally:
+        client.delete(*keys.values())
+        client.close()
+
+
+def test_the_async_client_reaches_every_master(deployment: RedisClusterDeployment) -> None:
+    connection = _connection(deployment.url)
+    keys = _one_key_per_master(deployment, "async")
+
+    async def scenario() -> list[object]:
+        client = connection.async_client()
+        assert isinstance(client, AsyncRedisCluster)
+        assert connection.async_client() is client  # one per event loop
+        try:
+            for port, key in keys.items():
+                await client.set(key, str(port))
+            return [await client.get(key) for key in keys.values()]
+        finally:
+            await client.delete(*keys.values())
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [str(port).encode() for port in keys]
+
+
+def test_the_cache_reads_and_writes_many_keys_across_masters(
+    deployment: RedisClusterDeployment,
+) -> None:
+    cache = RedisCache(deployment.url, {"OPTIONS": {"socket_timeout": 2}})
+    keys = list(_one_key_per_master(deployment, "cache", cache.make_key).values())
+    try:
+        cache.set_many({key: [key] for key in keys}, timeout=60)
+        assert cache.get_many([*keys, "missing"]) == {key: [key] for key in keys}
+        assert cache.get(keys[0]) == [keys[0]]
+    finally:
+        cache.delete_many(keys)
+    assert cache.get_many(keys) == {}
+
+
+def test_a_cluster_not_answering_fails_its_commands_not_the_broker() -> None:
+    """The sync client connects as it is built: it is built on first use, so that the broker
+    (which registers its scripts first) can be built while Redis is down, as with one server."""
+    connection = _connection(f"redis+cluster://:{PASSWORD}@127.0.0.1:{free_port()}")
+    script = connection.script("return 1")
+    with pytest.raises(redis.ConnectionError) as raised:
+        script()
+    assert PASSWORD not in str(raised.value)
