@@ -67,17 +67,16 @@ class RedisConnection:
         self.url = url
         self.prefix = prefix
         self.partitions = partitions
-        # Keys and channels carry their partition's hash tag with several partitions, and on a
-        # cluster (where a script's keys must share a slot); one Redis with one partition keeps
-        # the names it always had.
-        self.sharded = False
-        self._tagged = partitions > 1
         self.history_length = history_length
         self.max_payload_bytes = max_payload_bytes
         self.health_check_seconds = health_check_seconds
         self.signing_keys = signing_keys  # the first signs, all verify (signing.py)
         self._sentinel = parse_sentinel_url(url) if is_sentinel_url(url) else None
         self._cluster = parse_cluster_url(url) if is_cluster_url(url) else None
+        # Keys and channels carry their partition's hash tag with several partitions, and on a
+        # cluster (where a script's keys must share a slot); one Redis with one partition keeps
+        # the names it always had.
+        self._tagged = partitions > 1 or self._cluster is not None
         self._sync_client: SyncClient | None = None
         self._sync_client_lock = threading.Lock()
         if self._cluster is None:  # these connect on their first command, not here
@@ -118,12 +117,12 @@ class RedisConnection:
     def publish_command(self) -> str:
         """Sharded Pub/Sub on a cluster (a channel lives on its slot's node only; classic Pub/Sub
         copies every message to every node), classic otherwise (any Redis version)."""
-        return "SPUBLISH" if self.sharded else "PUBLISH"
+        return "SPUBLISH" if self.is_cluster else "PUBLISH"
 
     def publish(self, pubsub_channel: str, message: bytes) -> None:
         """One message outside the scripts, as they publish."""
         client = self.sync_client
-        (client.spublish if self.sharded else client.publish)(pubsub_channel, message)
+        (client.spublish if self.is_cluster else client.publish)(pubsub_channel, message)
 
     def _space(self, partition: int) -> str:
         # A hash tag: Redis Cluster places a key by the part between its braces.
