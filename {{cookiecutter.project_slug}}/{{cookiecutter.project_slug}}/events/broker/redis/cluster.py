@@ -38,7 +38,7 @@ def cluster_client(url: ClusterUrl, **options: Any) -> RedisCluster:
                 for host, port in url.nodes
             ],
             retry=Retry(NoBackoff(), 0),
-            **_node_options(url),
+            **node_options(url),
             **options,
         )
     except redis.exceptions.RedisClusterException as error:
@@ -57,10 +57,11 @@ def async_cluster_client(
         startup_nodes=[async_cluster.ClusterNode(host, port) for host, port in url.nodes],
         retry=AsyncRetry(NoBackoff(), 0),
         max_connections=max_connections,
-        **_node_options(url),
+        **node_options(url),
         **options,
     )
 
 
-def _node_options(url: ClusterUrl) -> dict[str, Any]:
+def node_options(url: ClusterUrl) -> dict[str, Any]:
+    """The credentials and TLS of the URL, for a connection to one of its nodes."""
     return {"username": url.username, "password": url.password, "ssl": url.tls}

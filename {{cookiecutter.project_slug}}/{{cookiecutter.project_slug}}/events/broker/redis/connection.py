@@ -9,10 +9,11 @@ import hashlib
 import threading
 import weakref
 from collections.abc import AsyncGenerator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -23,8 +24,9 @@ from redis.retry import Retry
 from ...core.event import parse_event_id
 from ...core.positions import partition_of
 from ..base import HISTORY_PAGE_SIZE, HistoryGap
-from .cluster import async_cluster_client, cluster_client
+from .cluster import async_cluster_client, cluster_client, node_options
 from .sentinel import async_master_client, master_client
+from .shards import ShardedPubSub
 from .urls import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
 # Connections are few and long-lived; failures should surface fast so that callers see them.
@@ -50,6 +52,22 @@ AsyncClient = aioredis.Redis | AsyncRedisCluster
 
 # An entry of a Redis stream as the clients return it (they do not decode responses).
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class PubSubLike(Protocol):
+    """What the feed uses of a Pub/Sub connection (redis-py's, or ``shards.ShardedPubSub``)."""
+
+    async def connect(self) -> None: ...
+
+    async def subscribe(self, *channels: str) -> None: ...
+
+    async def unsubscribe(self, *channels: str) -> None: ...
+
+    async def get_message(self, *, timeout: float) -> dict[str, Any] | None: ...
+
+    async def ping(self, message: str) -> Any: ...
+
+    async def aclose(self) -> None: ...
 
 
 class RedisConnection:
@@ -181,6 +199,20 @@ class RedisConnection:
         if self._cluster is not None:
             return _ClusterScript(self, source)
         return self.sync_client.register_script(source)
+
+    def pubsub(self) -> "PubSubLike":
+        """A new Pub/Sub connection for the feed: classic, or sharded on a cluster."""
+        client = self.async_client()
+        if isinstance(client, AsyncRedisCluster):
+            return ShardedPubSub(client, self._node_pubsub, self.health_check_seconds)
+        return cast(PubSubLike, client.pubsub())
+
+    def _node_pubsub(self, node: AsyncClusterNode) -> aioredis.client.PubSub:
+        assert self._cluster is not None  # only a cluster's feed asks
+        client = aioredis.Redis(
+            host=node.host, port=node.port, **node_options(self._cluster), **_CONNECTION_OPTIONS
+        )
+        return client.pubsub()
 
     async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         """``script`` on the async client (a registered script runs itself on the sync one)."""

@@ -38,7 +38,6 @@ from collections import deque
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from ...core.channels import CONTROL
 from ...core.event import parse_envelope, parse_event_id
@@ -47,7 +46,7 @@ from ...exceptions import BrokerUnavailable
 from ...telemetry import metrics
 from ...telemetry.malformed import report_malformed
 from ..base import AccessChange, Feed, FeedSink, HistoryGap
-from .connection import RedisConnection
+from .connection import PubSubLike, RedisConnection
 from .history import NO_ACCESS_CHANGE, RedisHistory
 from .signing import verified_id
 
@@ -75,7 +74,7 @@ class RedisFeed(Feed):
         self._health_check_seconds = connection.health_check_seconds
         self._channels: set[str] = set()
         self._confirmations: dict[str, deque[asyncio.Future[None]]] = {}
-        self._pubsub: aioredis.client.PubSub | None = None
+        self._pubsub: PubSubLike | None = None
         self._connected = asyncio.Event()
         self._problem: str | None = "connecting to Redis"
         # Per partition: the watermark's id (None: history was empty) and its key.
@@ -173,7 +172,7 @@ class RedisFeed(Feed):
         delay = _BACKOFF_FIRST_SECONDS
         first = True
         while True:
-            pubsub = self._connection.async_client().pubsub()
+            pubsub = self._connection.pubsub()
             try:
                 async with asyncio.timeout(_CONNECT_TIMEOUT_SECONDS):
                     await self._connect(pubsub, catch_up=not first)
@@ -202,9 +201,9 @@ class RedisFeed(Feed):
                 if not waiter.done():
                     waiter.set_exception(_ConnectionLost())
 
-    async def _connect(self, pubsub: aioredis.client.PubSub, *, catch_up: bool) -> None:
+    async def _connect(self, pubsub: PubSubLike, *, catch_up: bool) -> None:
         """Subscribe every wanted channel, then catch up: nothing published meanwhile is lost."""
-        await pubsub.connect()  # type: ignore[no-untyped-call]
+        await pubsub.connect()
         if not catch_up:
             self._advance_access(await self._history.access_changes_point())
         # A partition without a watermark has no subscription confirmed yet: no client of it
@@ -277,7 +276,7 @@ class RedisFeed(Feed):
             self._access_watermark, self._access_watermark_key = NO_ACCESS_CHANGE, (0, 0)
             self._advance_access(await self._history.access_changes_point())
 
-    async def _read(self, pubsub: aioredis.client.PubSub) -> None:
+    async def _read(self, pubsub: PubSubLike) -> None:
         loop = asyncio.get_running_loop()
         interval = self._health_check_seconds
         heard = loop.time()
@@ -387,8 +386,8 @@ class RedisFeed(Feed):
             del self._confirmations[channel]
 
 
-async def _close_quietly(pubsub: aioredis.client.PubSub) -> None:
+async def _close_quietly(pubsub: PubSubLike) -> None:
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
     except Exception as error:  # the connection is being thrown away anyway
         logger.debug("Closing the Pub/Sub connection failed: %s", error)
