@@ -63,7 +63,8 @@ class PubSubLike(Protocol):
 
     async def unsubscribe(self, *channels: str) -> None: ...
 
-    async def get_message(self, *, timeout: float) -> dict[str, Any] | None: ...
+    # redis-py's signature, which the sharded one follows.
+    async def get_message(self, *, timeout: float) -> dict[str, Any] | None: ...  # noqa: ASYNC109
 
     async def ping(self, message: str) -> Any: ...
 
@@ -210,7 +211,7 @@ class RedisConnection:
     def _node_pubsub(self, node: AsyncClusterNode) -> aioredis.client.PubSub:
         assert self._cluster is not None  # only a cluster's feed asks
         client = aioredis.Redis(
-            host=node.host, port=node.port, **node_options(self._cluster), **_CONNECTION_OPTIONS
+            host=node.host, port=int(node.port), **node_options(self._cluster), **_CONNECTION_OPTIONS
         )
         return client.pubsub()
 

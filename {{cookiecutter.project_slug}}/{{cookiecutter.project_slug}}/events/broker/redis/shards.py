@@ -83,7 +83,7 @@ class ShardedPubSub:
                 self._unsubscribing.add(channel)
                 await self._masters[name].pubsub.sunsubscribe(channel)
 
-    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
         self._check_masters()
         try:
             item = await asyncio.wait_for(self._queue.get(), timeout)
