@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .cluster import RedisClusterDeployment, redis_cluster
+from .cluster import RedisClusterDeployment, key_slot, redis_cluster
 from .crowd import Crowd, StreamClient, allow_open_files, wait_for
-from .services import Daphne, LiveProject, daphne_server
+from .services import Daphne, LiveProject, api, daphne_server, publish
+from .sse import open_stream
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -73,9 +75,14 @@ USERS = ("alice", "bob", "staff")
 
 
 def publish_through_the_api(
-    servers: list[Daphne], live_project: LiveProject, numbers: range, published: Published
+    servers: list[Daphne],
+    live_project: LiveProject,
+    numbers: range,
+    published: Published,
+    retry_for: float = 0.0,
 ) -> None:
-    """Each number once, to everyone, a user or a topic, through both servers in turn."""
+    """Each number once, to everyone, a user or a topic, through both servers in turn; a 503 or a
+    lost answer is retried with the event's Idempotency-Key for up to ``retry_for`` seconds."""
     rng = random.Random(numbers.start)
     headers = {"Authorization": f"Token {live_project.tokens['staff']}"}
     clients = [httpx.Client(base_url=s.url, headers=headers, timeout=10) for s in servers]
@@ -92,12 +99,22 @@ def publish_through_the_api(
                 channel = f"topic.{body['topic']}"
             else:
                 channel = "broadcast"
-            response = clients[number % len(clients)].post("/api/events/", json=body)
+            key = {"Idempotency-Key": f"cluster-{number}"}
+            deadline = time.monotonic() + retry_for
+            while True:
+                client = clients[number % len(clients)]
+                try:
+                    status = client.post("/api/events/", json=body, headers=key).status_code
+                except httpx.HTTPError:
+                    status = 0
+                if status not in (0, 503) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             with published.lock:
-                if response.status_code == 201:
+                if status in (200, 201):
                     published.channels[number] = channel
                 else:
-                    published.failures.append(f"{number}: {response.status_code} {response.text}")
+                    published.failures.append(f"{number}: {status}")
     finally:
         for client in clients:
             client.close()
@@ -179,6 +196,7 @@ async def stream_while_publishing(
     live_project: LiveProject,
     numbers: range,
     scenario: Callable[[], Awaitable[None]] | None = None,
+    retry_for: float = 0.0,
 ) -> Run:
     """Clients stream while events are published through the API (and, the last 200 numbers,
     through publish() in Python), and while ``scenario`` runs; then until every client has every
@@ -195,7 +213,8 @@ async def stream_while_publishing(
         }
         classic = {c for node in cluster.live_nodes() for c in node.client().pubsub_channels()}
         api = threading.Thread(
-            target=publish_through_the_api, args=(servers, live_project, api_numbers, published)
+            target=publish_through_the_api,
+            args=(servers, live_project, api_numbers, published, retry_for),
         )
         api.start()
         python = asyncio.create_task(
@@ -282,4 +301,100 @@ def test_every_event_reaches_exactly_its_streams_once_on_shard_channels(
         f"RELIABILITY: cluster, {STREAMS} streams over 2 Daphnes and {PARTITIONS} partitions: "
         f"800 events, {deliveries} deliveries, {resumes} resumes by id, each event once to "
         f"exactly its streams; {sum(map(len, run.shard_channels.values()))} shard channels"
+    )
+
+
+def test_a_client_that_resumes_with_its_last_id_gets_exactly_the_rest(
+    servers: list[Daphne], live_project: LiveProject
+) -> None:
+    topics = tuple(TOPICS[:8])  # in several partitions
+    with (
+        api(servers[0], live_project.tokens["alice"]) as first,
+        api(servers[1], live_project.tokens["alice"]) as second,
+        api(servers[1], live_project.tokens["staff"]) as publisher,
+    ):
+
+        def publish_numbers(numbers: range) -> None:
+            for number in numbers:
+                publish(publisher, "n", number, topic=topics[number % len(topics)])
+
+        with open_stream(first, topics=topics) as stream:
+            publish_numbers(range(1_000, 1_040))
+            received = stream.take(20)
+        last = received[-1].id
+        assert last is not None
+        assert last.startswith(f"p{PARTITIONS}.")
+        assert last.count("_") >= 2, last  # a position in more than one partition
+        publish_numbers(range(1_040, 1_080))  # while it is away
+        with open_stream(second, topics=topics, last_event_id=last) as stream:
+            rest = stream.take(60)
+    assert [json.loads(m.data) for m in received] == list(range(1_000, 1_020))
+    numbers = [json.loads(m.data) for m in rest]
+    assert sorted(numbers) == list(range(1_020, 1_080)), numbers
+    for topic in topics:  # in order on each channel
+        on = [n for n in numbers if topics[n % len(topics)] == topic]
+        assert on == sorted(on)
+    print(f"RELIABILITY: cluster resume after 20 of 80 events across partitions, id {last!r}")
+
+
+def test_a_slot_migrated_while_events_flow_loses_nothing(
+    servers: list[Daphne], cluster: RedisClusterDeployment, live_project: LiveProject
+) -> None:
+    """``redis-cli --cluster reshard`` moves a partition's slot (its history, idempotency keys and
+    shard channels) to another master while events are published to it and read from it."""
+    source, target = cluster.masters()[:2]
+    owned = sorted(cluster.slots_of(source))
+    # The partition of the source's with the lowest slot: reshard takes the lowest slots first.
+    partition_slots = {key_slot("{" + f"{PREFIX}.{p}" + "}") for p in range(PARTITIONS)}
+    slot = min(s for s in owned if s in partition_slots)
+    moved: list[frozenset[int]] = []
+
+    async def reshard() -> None:
+        await asyncio.sleep(1)
+        moved.append(await asyncio.to_thread(cluster.reshard, owned.index(slot) + 1, source, target))
+
+    run = asyncio.run(
+        stream_while_publishing(
+            servers, cluster, live_project, range(2_000, 2_800), reshard, retry_for=20
+        )
+    )
+    assert slot in moved[0]
+    assert cluster.owner_of_slot(slot).port == target.port
+    assert not run.published.failures, run.published.failures[:5]
+    assert run.settled
+    assert wrong_deliveries(run, live_project) == []
+    resets = sum(len(client.resets) for client in run.clients)
+    print(
+        f"RELIABILITY: cluster reshard of {len(moved[0])} slots (a partition's among them) while "
+        f"800 events flowed: 0 lost, {resets} resets"
+    )
+
+
+def test_a_master_killed_mid_run_fails_over_without_losing_what_was_acknowledged(
+    servers: list[Daphne], cluster: RedisClusterDeployment, live_project: LiveProject
+) -> None:
+    """Last of the module: the cluster goes on with a master that has no replica."""
+    victim = cluster.masters()[0]
+    timings: dict[str, float] = {}
+
+    async def kill() -> None:
+        await asyncio.sleep(1)
+        killed = time.monotonic()
+        cluster.kill_master(victim)
+        assert await wait_for(lambda: cluster.failed_over(victim), within=30, blocking=True)
+        timings["failed over"] = time.monotonic() - killed
+
+    run = asyncio.run(
+        stream_while_publishing(
+            servers, cluster, live_project, range(3_000, 3_800), kill, retry_for=20
+        )
+    )
+    assert not run.published.failures, run.published.failures[:5]
+    assert run.settled
+    assert wrong_deliveries(run, live_project) == []
+    resets = sum(len(client.resets) for client in run.clients)
+    print(
+        f"RELIABILITY: cluster master SIGKILLed mid-run: failed over in "
+        f"{timings['failed over']:.1f}s, {len(run.published.channels)} acknowledged, 0 lost, "
+        f"{resets} resets"
     )
