@@ -121,7 +121,11 @@ def publish_through_the_api(
 
 
 def publish_in_python(
-    live_project: LiveProject, cluster: RedisClusterDeployment, numbers: range, published: Published
+    live_project: LiveProject,
+    cluster: RedisClusterDeployment,
+    numbers: range,
+    published: Published,
+    retry_for: float = 0.0,
 ) -> None:
     """Through publish(), in a process of the project's (as a worker or a shell would)."""
     code = (
@@ -130,9 +134,20 @@ def publish_in_python(
         "from django.apps import apps\n"
         "package = apps.get_app_config('events').module.__name__\n"
         "publish = import_module(package + '.publish').publish\n"
+        "import time\n"
+        "BrokerUnavailable = import_module(package + '.exceptions').BrokerUnavailable\n"
         f"for number in range({numbers.start}, {numbers.stop}):\n"
         f"    topic = {TOPICS!r}[number % {len(TOPICS)}]\n"
-        "    publish('n', number, topic=topic)\n"
+        # As a careful worker does: a failure is retried with the event's key, for a while.
+        f"    deadline = time.monotonic() + {retry_for}\n"
+        "    while True:\n"
+        "        try:\n"
+        "            publish('n', number, topic=topic, key=f'python-{number}')\n"
+        "            break\n"
+        "        except BrokerUnavailable:\n"
+        "            if time.monotonic() > deadline:\n"
+        "                raise\n"
+        "            time.sleep(0.1)\n"
         "    print(json.dumps([number, 'topic.' + topic]))\n"
     )
     result = live_project.manage(
@@ -218,7 +233,9 @@ async def stream_while_publishing(
         )
         api.start()
         python = asyncio.create_task(
-            asyncio.to_thread(publish_in_python, live_project, cluster, python_numbers, published)
+            asyncio.to_thread(
+                publish_in_python, live_project, cluster, python_numbers, published, retry_for
+            )
         )
         if scenario is not None:
             await scenario()
