@@ -166,13 +166,14 @@ class EventStream:
             partition_of = self._place(subscriber, partitions, after)
             after_replay = None
             if after is None:
-                yield retry + encode_comment("connected")
+                yield retry + self._where(subscriber) + encode_comment("connected")
             else:
                 reading = sorted({partition_of(channel) for channel in subscriber.channels})
                 replay = Replay(broker, subscriber.channels, after, reading, subscriber.wire_of)
                 async with aclosing(self._replayed(replay, subscriber, retry)) as chunks:
                     async for chunk in chunks:
                         yield chunk
+                yield self._where(subscriber)
                 after_replay = AfterReplay(replay, replay.replayed, partition_of)
             async with aclosing(self._live(subscriber, after_replay)) as chunks:
                 async for chunk in chunks:
@@ -204,6 +205,15 @@ class EventStream:
         places = {channel: partition_of(channel, partitions) for channel in subscriber.channels}
         subscriber.position = StreamPosition(position, places)
         return subscriber.position.partition_of
+
+    @staticmethod
+    def _where(subscriber: Subscriber) -> bytes:
+        """With several partitions, the stream's position as an id without an event: a client
+        (EventSource included) then resumes from it even if no event reaches it before the
+        stream ends, rather than from nothing, which would miss what is published while it
+        reconnects. With one partition: nothing (an event's id is the position)."""
+        position = subscriber.position
+        return b"" if position is None else f"id: {position.format()}\n\n".encode()
 
     async def _replayed(
         self, replay: Replay, subscriber: Subscriber, retry: bytes
