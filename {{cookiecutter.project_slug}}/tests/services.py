@@ -150,9 +150,20 @@ def redis_server(directory: Path, replica_of: int | None = None) -> Iterator[Red
     server = RedisServer(free_port(), directory, replica_of=replica_of)
     server.start()
     try:
+        if replica_of is not None:
+            wait_until(lambda: master_counts_a_replica(replica_of), 20)
         yield server
     finally:
         server.stop()
+
+
+def master_counts_a_replica(master_port: int) -> bool:
+    """A write on the master is confirmed by a replica (``WAIT``). A replica reports its link up
+    once it has loaded the master's data, but the master counts it only after its first ACK, up to
+    a second later: until then every ``WAIT`` (``EVENTS_PUBLISH_REPLICAS``) times out."""
+    with redis.Redis(port=master_port, socket_timeout=5) as master:
+        master.set("tests:replica-in-sync", 1)
+        return master.wait(1, 100) >= 1
 
 
 SENTINEL_SERVICE = "events-master"
