@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ from .crowd import Crowd, StreamClient, allow_open_files, wait_for
 from .services import Daphne, LiveProject, api, daphne_server, publish
 from .sse import open_stream
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.proof, pytest.mark.cluster, pytest.mark.timeout(600)]
 
 PARTITIONS = 16
 TOPICS = [f"t{number}" for number in range(30)]
@@ -226,7 +225,7 @@ async def stream_while_publishing(
             master.port: set(master.client().execute_command("PUBSUB", "SHARDCHANNELS"))
             for master in cluster.masters()
         }
-        classic = {c for node in cluster.live_nodes() for c in node.client().pubsub_channels()}
+        classic = {str(c) for node in cluster.live_nodes() for c in node.client().pubsub_channels()}
         api = threading.Thread(
             target=publish_through_the_api,
             args=(servers, live_project, api_numbers, published, retry_for),
@@ -285,9 +284,9 @@ def wrong_deliveries(run: Run, live_project: LiveProject) -> list[tuple[object, 
         )
         if not (complete and exact and in_order):
             missing = sorted(wanted - set(received))[:10]
+            missed = tuple((n, channels[n]) for n in missing)
             wrong.append(
-                (user, client.topics, len(wanted), len(received), exact, in_order)
-                + tuple((n, channels[n]) for n in missing)
+                (user, client.topics, len(wanted), len(received), exact, in_order, *missed)
             )
     return wrong
 
@@ -295,7 +294,7 @@ def wrong_deliveries(run: Run, live_project: LiveProject) -> list[tuple[object, 
 def test_every_event_reaches_exactly_its_streams_once_on_shard_channels(
     servers: list[Daphne], cluster: RedisClusterDeployment, live_project: LiveProject
 ) -> None:
-    run = asyncio.run(stream_while_publishing(servers, cluster, live_project, range(0, 800)))
+    run = asyncio.run(stream_while_publishing(servers, cluster, live_project, range(800)))
     assert not run.published.failures, run.published.failures[:5]
     assert len(run.published.channels) == 800
     assert wrong_deliveries(run, live_project) == []
@@ -372,7 +371,9 @@ def test_a_slot_migrated_while_events_flow_loses_nothing(
 
     async def reshard() -> None:
         await asyncio.sleep(1)
-        moved.append(await asyncio.to_thread(cluster.reshard, owned.index(slot) + 1, source, target))
+        moved.append(
+            await asyncio.to_thread(cluster.reshard, owned.index(slot) + 1, source, target)
+        )
 
     run = asyncio.run(
         stream_while_publishing(

@@ -102,7 +102,9 @@ class Subscriber:
             starts = self.starts = {}
         elif partition in starts:
             known = starts[partition]
-            if known is None or (point is not None and parse_event_id(point) >= parse_event_id(known)):
+            if known is None or (
+                point is not None and parse_event_id(point) >= parse_event_id(known)
+            ):
                 return
         starts[partition] = point
 

@@ -7,9 +7,7 @@ from hypothesis import strategies as st
 from ..core.positions import MAX_PARTITIONS, Position, partition_of
 from ..exceptions import InvalidEventId
 
-ids = st.builds(
-    lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)
-)
+ids = st.builds(lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 
 
 def test_one_partition_keeps_the_plain_id() -> None:

@@ -29,7 +29,9 @@ def stored_types() -> list[str]:
 
     async def read() -> list[str]:
         return [
-            event.type async for _, events in get_broker().history_after(0, None) for event in events
+            event.type
+            async for _, events in get_broker().history_after(0, None)
+            for event in events
         ]
 
     return asyncio.run(read())

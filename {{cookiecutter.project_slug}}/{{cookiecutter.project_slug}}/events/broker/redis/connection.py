@@ -211,7 +211,10 @@ class RedisConnection:
     def _node_pubsub(self, node: AsyncClusterNode) -> aioredis.client.PubSub:
         assert self._cluster is not None  # only a cluster's feed asks
         client = aioredis.Redis(
-            host=node.host, port=int(node.port), **node_options(self._cluster), **_CONNECTION_OPTIONS
+            host=node.host,
+            port=int(node.port),
+            **node_options(self._cluster),
+            **_CONNECTION_OPTIONS,
         )
         return client.pubsub()
 

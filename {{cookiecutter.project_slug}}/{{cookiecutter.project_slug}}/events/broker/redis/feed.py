@@ -250,9 +250,7 @@ class RedisFeed(Feed):
                         self._sink.deliver(event)
                     self._advance(partition, last_id)
             except HistoryGap:
-                logger.warning(
-                    "Events after %s are gone from history; clients reset", watermark
-                )
+                logger.warning("Events after %s are gone from history; clients reset", watermark)
                 point = await self._history.reset_point(partition)
                 self._watermarks.pop(partition, None)
                 self._advance(partition, point)

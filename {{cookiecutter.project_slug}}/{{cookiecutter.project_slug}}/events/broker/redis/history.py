@@ -80,9 +80,7 @@ class RedisHistory:
         """See Broker.reset_point."""
         args: list[str | int] = [self._connection.history_length, RESET_MARKER]
         try:
-            point = await self._connection.run(
-                self._newest_or_marker, [self.key(partition)], args
-            )
+            point = await self._connection.run(self._newest_or_marker, [self.key(partition)], args)
         except redis.RedisError as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return str(point.decode())
