@@ -213,7 +213,7 @@ class RedisClusterDeployment:
     def healthy(self) -> bool:
         """Every live node knows every live node and the failed ones as failed, says
         ``cluster_state:ok``, sees all slots served, and agrees with the others on who serves
-        them; every replica is in sync with its master."""
+        them; every replica confirms its master's writes."""
         live = self.live_nodes()
         slot_maps = []
         for node in live:
@@ -227,12 +227,31 @@ class RedisClusterDeployment:
                 if entry.failing != (not self.node(entry.port).running):
                     return False
             slot_maps.append({entry.port: entry.slots for entry in entries if entry.slots})
-            myself = next(entry for entry in entries if "myself" in entry.flags)
-            if "slave" in myself.flags and "master_link_status:up" not in node.command(
-                "info", "replication"
-            ):
-                return False
-        return all(slot_map == slot_maps[0] for slot_map in slot_maps)
+        if not all(slot_map == slot_maps[0] for slot_map in slot_maps):
+            return False
+        return all(
+            self._replicas_confirm_writes(entry, entries)
+            for entry in entries
+            if entry.is_master and entry.slots and not entry.failing
+        )
+
+    def _replicas_confirm_writes(self, master: NodeEntry, entries: list[NodeEntry]) -> bool:
+        """A write on ``master`` is confirmed by each of its live replicas (``WAIT``). A replica
+        reports its link up before its master counts it, on its first ACK, up to a second later:
+        until then a publish that waits for a replica (``EVENTS_PUBLISH_REPLICAS``) times out."""
+        replicas = sum(
+            1
+            for entry in entries
+            if entry.master_id == master.node_id and self.node(entry.port).running
+        )
+        if not replicas:
+            return True
+        number = 0
+        while key_slot(key := f"tests:in-sync:{number}") not in master.slots:
+            number += 1
+        with self.node(master.port).client() as client:
+            client.set(key, 1)
+            return int(client.wait(replicas, 100)) >= replicas
 
     def kill_master(self, master: RedisClusterNode) -> None:
         """SIGKILLs ``master`` (a crash: no goodbye to the other nodes, no failover handed

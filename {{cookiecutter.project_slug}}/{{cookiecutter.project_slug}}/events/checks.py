@@ -8,7 +8,7 @@ from django.core.checks import Error, register
 from django.utils.module_loading import import_string
 
 from .broker.rates import Rate
-from .broker.redis.urls import check_redis_url, is_cluster_url
+from .broker.redis.urls import check_redis_url
 from .conf import event_settings
 from .core.positions import MAX_PARTITIONS
 
@@ -66,16 +66,6 @@ def check_event_settings(**_: Any) -> list[Error]:
                     "Redis Cluster, as redis+cluster://[:password@]host:port[,host:port...] "
                     "(rediss+cluster:// for TLS); see docs/deployment.md.",
                     id="events.E003",
-                )
-            )
-        if is_cluster_url(settings.redis_url) and settings.publish_replicas:
-            errors.append(
-                Error(
-                    "EVENTS_PUBLISH_REPLICAS is not supported with Redis Cluster: Redis's WAIT "
-                    "would count the replicas of whichever node it reached, not necessarily of "
-                    "the master that stored the event.",
-                    hint="Set EVENTS_PUBLISH_REPLICAS=0 with a redis+cluster:// REDIS_URL.",
-                    id="events.E004",
                 )
             )
     return errors

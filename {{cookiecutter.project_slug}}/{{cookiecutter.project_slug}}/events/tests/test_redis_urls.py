@@ -150,14 +150,6 @@ def test_manage_py_check_accepts_a_usable_redis_url(url: str) -> None:
         assert check_event_settings() == []
 
 
-def test_manage_py_check_refuses_publish_replicas_with_a_cluster() -> None:
-    """WAIT has no key: a cluster client sends it to a node of its own choosing."""
-    with override_settings(REDIS_URL="redis+cluster://n1:7000", EVENTS_PUBLISH_REPLICAS=1):
-        assert [error.id for error in check_event_settings()] == ["events.E004"]
-    with override_settings(REDIS_URL="redis://n1:6379/0", EVENTS_PUBLISH_REPLICAS=1):
-        assert check_event_settings() == []
-
-
 def test_the_cache_keeps_a_sentinel_or_cluster_url_whole() -> None:
     """Django splits LOCATION at its commas (several servers); in a Sentinel URL they separate
     the sentinels of one deployment, in a Cluster URL the nodes of one cluster."""

@@ -8,7 +8,8 @@ from replay to live delivery without a gap or a duplicate. The script publishes
 the key up, and records it with the id it publishes.
 
 With ``Replication.replicas`` above 0 (``EVENTS_PUBLISH_REPLICAS``), the script is followed on
-the same connection by Redis's ``WAIT``: a publish is acknowledged only once that many replicas
+the same connection by Redis's ``WAIT`` (on a cluster, a connection to the master of the event's
+partition: ``cluster.on_the_master_of``): a publish is acknowledged only once that many replicas
 hold it (the event and its idempotency key), so that a failover to one of them cannot lose it. If
 they do not confirm in time, the publish raises BrokerUnavailable: the event went out to the
 processes connected now, and may or may not survive a failover; a retry with its idempotency key
@@ -22,6 +23,7 @@ channel, so that a process whose connection was down reads what it missed when i
 (``history.py``).
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Container, Iterable
 from dataclasses import dataclass
@@ -29,11 +31,13 @@ from typing import Any
 
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from ...core.channels import CONTROL
 from ...core.event import Draft, Event
 from ...exceptions import BrokerUnavailable, IdempotencyConflict
 from ..base import AccessChange, Broker, Feed, FeedSink, Once, Publication, envelope_digest
+from .cluster import on_the_master_of
 from .connection import RedisConnection
 from .feed import RedisFeed
 from .history import ACCESS_CHANGES_KEPT, RedisHistory
@@ -108,17 +112,29 @@ class RedisBroker(Broker):
         try:
             if not replicas:
                 return _publication(draft, self._publish_script(keys=keys, args=args))
-            if self.connection.is_cluster:
-                raise _no_replication_on_a_cluster()
-            # The script and WAIT on one connection: WAIT counts the replicas that hold this
-            # connection's writes.
-            with self.connection.sync_client.pipeline(transaction=False) as pipe:
-                self._publish_script(keys=keys, args=args, client=pipe)
-                pipe.wait(replicas, self.replication.timeout_milliseconds)
-                reply, copies = pipe.execute()
+            client = self.connection.sync_client
+            if isinstance(client, RedisCluster):
+                reply, copies = on_the_master_of(
+                    client, keys[0], lambda master, asking: self._wait(master, keys, args, asking)
+                )
+            else:
+                reply, copies = self._wait(client, keys, args)
         except redis.RedisError as error:
             raise _not_published(error) from error
         return self._replicated(_publication(draft, reply), copies)
+
+    def _wait(
+        self, client: redis.Redis, keys: list[str], args: list[str | int], asking: bool = False
+    ) -> tuple[list[Any], int]:
+        """The script, then WAIT, on one connection: WAIT counts the replicas that hold this
+        connection's writes."""
+        with client.pipeline(transaction=False) as pipe:
+            if asking:
+                pipe.execute_command("ASKING")  # type: ignore[no-untyped-call]
+            self._publish_script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.replication.replicas, self.replication.timeout_milliseconds)
+            *_, reply, copies = pipe.execute()
+        return reply, copies
 
     async def apublish(self, draft: Draft, once: Once | None = None) -> Publication:
         keys, args = self._publish_args(draft, once)
@@ -130,7 +146,9 @@ class RedisBroker(Broker):
                 )
             client = self.connection.async_client()
             if isinstance(client, AsyncRedisCluster):
-                raise _no_replication_on_a_cluster()
+                # One master's connection, by the sync client's routing (a publish that waits
+                # for replicas is not on a stream's path).
+                return await asyncio.to_thread(self.publish, draft, once)
             async with client.pipeline(transaction=False) as pipe:
                 pipe.scripts.add(self._publish_script)  # loaded first if Redis lacks it
                 pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
@@ -206,15 +224,6 @@ def _publication(draft: Draft, reply: list[Any]) -> Publication:
             "This idempotency key was used for another event: use a new key for a new event."
         )
     return Publication(draft.with_id(event_id), replayed=True)
-
-
-def _no_replication_on_a_cluster() -> BrokerUnavailable:
-    # A cluster's pipeline sends WAIT (which has no key) to a node of its own choosing, not
-    # necessarily the one that ran the script: the count would be another master's. Refused at
-    # startup too (events.E004); here nothing has been sent.
-    return BrokerUnavailable(
-        "Event not published: EVENTS_PUBLISH_REPLICAS is not supported with Redis Cluster."
-    )
 
 
 def _not_published(error: redis.RedisError) -> BrokerUnavailable:
