@@ -23,6 +23,14 @@ from urllib.parse import urlsplit
 import redis
 
 from .client import ClientPool
+from .cluster import (
+    PARTITIONS,
+    Publishing,
+    cluster_url,
+    measure_publishing,
+    redis_cluster,
+    render_publishing,
+)
 from .environment import machine, versions
 from .launcher import Service, raise_open_file_limit, start_redis
 from .project import (
@@ -51,6 +59,9 @@ class Options:
     systems: tuple[str, ...]
     workers: int
     redis_url: str | None
+    redis_cluster: int | None  # masters of a cluster started here
+    publishers: int
+    publish_events: int
     broker: str
     publish_via: str
     json_path: str | None
@@ -162,6 +173,26 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="use this Redis (loopback only) instead of starting one; keys get a unique prefix",
     )
     parser.add_argument(
+        "--redis-cluster",
+        type=int,
+        metavar="MASTERS",
+        help="start a Redis Cluster of this many masters and measure the project on it, its "
+        f"history in {PARTITIONS} partitions (the baselines need one Redis); adds a publishing "
+        "phase over every partition (docs/benchmark.md)",
+    )
+    parser.add_argument(
+        "--publishers",
+        type=int,
+        default=2,
+        help="with --redis-cluster: processes publishing at once in the publishing phase",
+    )
+    parser.add_argument(
+        "--publish-events",
+        type=int,
+        default=20_000,
+        help="with --redis-cluster: events of the publishing phase (2,000 with --quick)",
+    )
+    parser.add_argument(
         "--phase-timeout", type=float, default=120.0, help="seconds allowed for each phase"
     )
     parser.add_argument(
@@ -182,10 +213,19 @@ def parse_options(argv: list[str] | None = None) -> Options:
     if args.quick:
         streams, events, rate = (100,), 50, 50.0
     burst = events if args.burst_events is None else args.burst_events
+    publish_events = 2_000 if args.quick else args.publish_events
     if events < 1 or burst < 0 or args.users < 1 or rate <= 0 or args.workers < 1:
         parser.error("--events, --users, --rate and --workers must be positive")
     if args.redis_url and args.broker != "redis":
         parser.error("--redis-url needs --broker redis")
+    if args.redis_cluster is not None and (
+        args.redis_cluster < 1 or args.redis_url or args.broker != "redis"
+    ):
+        parser.error(
+            "--redis-cluster takes a number of masters, and neither --redis-url nor --broker memory"
+        )
+    if args.publishers < 1 or publish_events < args.publishers:
+        parser.error("--publishers must be positive, and at most --publish-events")
     if args.redis_url and urlsplit(args.redis_url).hostname not in LOOPBACK_HOSTS:
         parser.error(
             f"--redis-url {args.redis_url}: not a loopback address; this benchmark only talks to "
@@ -195,10 +235,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
     if publish_via == "redis" and args.broker != "redis":
         parser.error("--broker memory lives inside the server: use --publish-via http")
     systems = args.systems
-    if args.broker == "memory":
+    if args.broker == "memory" or args.redis_cluster is not None:
+        # The baselines use one Redis server's Pub/Sub.
         needing_redis = [name for name in systems if not SYSTEMS[name].uses_project_broker]
         if args.systems != DEFAULT_SYSTEMS and needing_redis:
-            parser.error(f"{needing_redis} need Redis: drop them or use --broker redis")
+            parser.error(f"{needing_redis} need one Redis: drop them, or --redis-cluster")
         systems = tuple(name for name in systems if SYSTEMS[name].uses_project_broker)
     return Options(
         streams=streams,
@@ -214,6 +255,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
         systems=systems,
         workers=args.workers,
         redis_url=args.redis_url,
+        redis_cluster=args.redis_cluster,
+        publishers=args.publishers,
+        publish_events=publish_events,
         broker=args.broker,
         publish_via=publish_via,
         json_path=args.json_path,
@@ -267,8 +311,9 @@ def check_port_range(streams: int) -> None:
 @dataclass(frozen=True)
 class RedisTarget:
     url: str
-    client: redis.Redis
-    port: int
+    client: redis.Redis  # of the Redis, or of a cluster's first node
+    port: int | None  # whose connections are counted: none on a cluster (spread over nodes)
+    cluster_nodes: tuple[Service, ...] = ()
 
     def max_clients(self) -> int:
         return int(cast(dict[str, str], self.client.config_get("maxclients"))["maxclients"])
@@ -291,6 +336,13 @@ def redis_for_run(options: Options, work_dir: Path, prefix: str) -> Iterator[Red
     """The Redis of this run (started here unless --redis-url), emptied of this run's keys after."""
     if options.broker != "redis":
         yield None
+        return
+    if options.redis_cluster is not None:
+        with (
+            redis_cluster(work_dir, options.redis_cluster) as nodes,
+            redis.Redis(port=nodes[0].port, socket_timeout=10) as first,
+        ):
+            yield RedisTarget(cluster_url(nodes), first, None, tuple(nodes))
         return
     server: Service | None = None
     url = options.redis_url
@@ -357,7 +409,7 @@ def measure_all(
                     project,
                     pool,
                     publisher_for(system),
-                    target.port if target else None,
+                    target.port if target is not None else None,
                     work_dir,
                     progress,
                 )
@@ -390,12 +442,18 @@ def main(argv: list[str] | None = None) -> int:
         redis_for_run(options, work_dir, prefix) as target,
     ):
         progress(f"Preparing a database with {options.users} users")
-        project = prepare_project(work_dir, target.url if target else "", prefix, options.users)
+        partitions = PARTITIONS if options.redis_cluster is not None else 1
+        project = prepare_project(
+            work_dir, target.url if target else "", prefix, options.users, partitions
+        )
+        broker = f"redis (maxclients {target.max_clients()})" if target else "in-process"
+        if options.redis_cluster is not None:
+            broker = f"redis cluster ({options.redis_cluster} masters, {partitions} partitions)"
         environment = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "machine": machine(),
             "versions": versions(target.client if target else None),
-            "broker": f"redis (maxclients {target.max_clients()})" if target else "in-process",
+            "broker": broker,
             "publish_via": options.publish_via,
             "users": options.users,
             "workers": client_workers(options),
@@ -403,14 +461,27 @@ def main(argv: list[str] | None = None) -> int:
             "systems": {name: SYSTEMS[name].description for name in options.systems},
         }
         results = measure_all(options, project, target, work_dir, progress)
+        publishing: Publishing | None = None
+        if target is not None and target.cluster_nodes:
+            progress(f"Publishing {options.publish_events:,} events over {partitions} partitions")
+            publishing = measure_publishing(
+                project,
+                list(target.cluster_nodes),
+                options.publishers,
+                options.publish_events,
+                options.plan.payload_bytes,
+            )
     environment["load_average_after"] = [round(load, 2) for load in os.getloadavg()]
 
     print(render(environment, results, options.plan.rate), file=output, end="")
+    if publishing is not None:
+        print(render_publishing(publishing), file=output, end="")
     if options.json_path:
         document = {
             "options": as_json(options),
             "environment": environment,
             "results": as_json(results),
+            "publishing": as_json(publishing),
         }
         text = json.dumps(document, indent=2)
         if options.json_path == "-":

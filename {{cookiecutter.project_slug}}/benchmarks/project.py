@@ -54,7 +54,7 @@ class Project:
     staff_token: str
 
 
-def project_env(work_dir: Path, redis_url: str, prefix: str) -> dict[str, str]:
+def project_env(work_dir: Path, redis_url: str, prefix: str, partitions: int) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -64,6 +64,7 @@ def project_env(work_dir: Path, redis_url: str, prefix: str) -> dict[str, str]:
         "SECURE_SSL_REDIRECT": "false",
         "DATABASE_URL": f"sqlite:///{work_dir / 'benchmark.sqlite3'}",
         "REDIS_URL": redis_url,
+        "EVENTS_PARTITIONS": str(partitions),
         # A prefix of this run's own, so that a shared Redis keeps its real events apart.
         "EVENTS_REDIS_PREFIX": prefix,
         # The baselines' channel, under the same prefix.
@@ -77,8 +78,10 @@ def project_env(work_dir: Path, redis_url: str, prefix: str) -> dict[str, str]:
     }
 
 
-def prepare_project(work_dir: Path, redis_url: str, prefix: str, users: int) -> Project:
-    env = project_env(work_dir, redis_url, prefix)
+def prepare_project(
+    work_dir: Path, redis_url: str, prefix: str, users: int, partitions: int = 1
+) -> Project:
+    env = project_env(work_dir, redis_url, prefix, partitions)
     script = _PREPARE.replace("USERS", str(users))
     for args in (["migrate", "--noinput"], ["shell", "-c", script]):
         result = subprocess.run(
