@@ -108,8 +108,8 @@ class Feed(ABC):
 
     def watermark(self, partition: int) -> str | None:
         """The newest id of ``partition`` up to which every event of the subscribed channels has
-        been received (None if unknown, or history was empty): a stream that joins now receives
-        every later event. Only brokers with several partitions need to know it."""
+        been received (None if history was empty): a stream that joins now receives every
+        later event, and starts from it (sent as its first id, ``delivery/stream.py``)."""
         return None
 
     @abstractmethod

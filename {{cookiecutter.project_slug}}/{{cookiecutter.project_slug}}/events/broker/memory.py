@@ -110,7 +110,11 @@ class InMemoryBroker(Broker):
 
     async def latest_event_id(self, partition: int = 0) -> str | None:
         with self._lock:
-            return self._history[-1].id if self._history else None
+            return self._newest_id()
+
+    def _newest_id(self) -> str | None:
+        """With the lock held."""
+        return self._history[-1].id if self._history else None
 
     async def reset_point(self, partition: int = 0) -> str:
         with self._lock:
@@ -161,10 +165,15 @@ class _MemoryFeed(Feed):
         if event.channel in self.channels:
             self._sink.deliver(event)
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> str | None:
+        # Under the publishers' lock: every event after this id is delivered to the channel.
         with self._broker._lock:
             self.channels.add(channel)
-        return None  # one partition: positions are events' ids
+            return self._broker._newest_id()
+
+    def watermark(self, partition: int) -> str | None:
+        with self._broker._lock:
+            return self._broker._newest_id()
 
     async def unsubscribe(self, channel: str) -> None:
         with self._broker._lock:

@@ -40,7 +40,7 @@ _MAX_POSITION_LENGTH = 2048
 def partition_of(channel: str, partitions: int) -> int:
     """The partition of ``channel``: the same in every process (CRC-32, not Python's salted
     ``hash``)."""
-    return zlib.crc32(channel.encode()) % partitions
+    return zlib.crc32(channel.encode()) % partitions if partitions > 1 else 0
 
 
 class Position:

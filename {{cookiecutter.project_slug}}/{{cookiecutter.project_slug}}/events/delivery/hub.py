@@ -90,8 +90,8 @@ class Subscriber:
         # With several partitions: where the stream is in those it reads, sent as each event's
         # id (None with one partition: an event's own id is the stream's position).
         self.position: StreamPosition | None = None
-        # With several partitions: where it joined each (the partition's newest id then, None if
-        # its history was empty), set by the hub, read once by its stream.
+        # Where it joined each partition it reads (the partition's newest id then, None if its
+        # history was empty), set by the hub, read once by its stream.
         self.starts: dict[int, str | None] | None = None
 
     def joined(self, partition: int, point: str | None) -> None:
@@ -264,22 +264,18 @@ class Hub:
         subscribers = self._subscribers.get(channel)
         if subscribers is not None:
             ready = self._ready[channel]
-            if partition is not None and ready.done() and not ready.exception():
+            if ready.done() and not ready.exception():
                 # Before it is added: every event it is offered comes after this.
                 subscriber.joined(partition, self._feed.watermark(partition))
             subscribers.add(subscriber)
-            point = await asyncio.shield(ready)
-            if partition is not None:
-                subscriber.joined(partition, point)
+            subscriber.joined(partition, await asyncio.shield(ready))
             return
         self._subscribers[channel] = {subscriber}
         ready = self._ready[channel] = asyncio.ensure_future(self._feed.subscribe(channel))
         # Its waiters may all be gone (clients that gave up) when it fails: not an error of its own.
         ready.add_done_callback(_retrieve_exception)
         try:
-            point = await asyncio.shield(ready)
-            if partition is not None:
-                subscriber.joined(partition, point)
+            subscriber.joined(partition, await asyncio.shield(ready))
         except BaseException:
             if self._ready.get(channel) is ready and ready.done():
                 # Failed for every subscriber waiting on it: let the next one try again.
@@ -287,10 +283,8 @@ class Hub:
                 self._subscribers.pop(channel, None)
             raise
 
-    def _partition_of(self, channel: str) -> int | None:
-        """The channel's partition, with several; None with one (positions are events' ids)."""
-        partitions = self.broker.partitions
-        return None if partitions == 1 else partition_of(channel, partitions)
+    def _partition_of(self, channel: str) -> int:
+        return partition_of(channel, self.broker.partitions)
 
     # FeedSink: called by the broker's feed, on the event loop.
     def deliver(self, event: Event) -> None:

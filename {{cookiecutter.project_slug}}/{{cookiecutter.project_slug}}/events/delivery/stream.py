@@ -173,7 +173,8 @@ class EventStream:
                 async with aclosing(self._replayed(replay, subscriber, retry)) as chunks:
                     async for chunk in chunks:
                         yield chunk
-                yield self._where(subscriber)
+                if subscriber.position is not None:
+                    yield self._where(subscriber)  # it may start in partitions it had not read
                 after_replay = AfterReplay(replay, replay.replayed, partition_of)
             async with aclosing(self._live(subscriber, after_replay)) as chunks:
                 async for chunk in chunks:
@@ -208,12 +209,14 @@ class EventStream:
 
     @staticmethod
     def _where(subscriber: Subscriber) -> bytes:
-        """With several partitions, the stream's position as an id without an event: a client
-        (EventSource included) then resumes from it even if no event reaches it before the
-        stream ends, rather than from nothing, which would miss what is published while it
-        reconnects. With one partition: nothing (an event's id is the position)."""
+        """The stream's position as an id without an event: a client (EventSource included)
+        then resumes from it even if no event reaches it before the stream ends, rather than
+        from nothing, which would miss what is published while it reconnects. With one
+        partition, where it joined: the newest id then, or the oldest of an empty history."""
         position = subscriber.position
-        return b"" if position is None else f"id: {position.format()}\n\n".encode()
+        if position is not None:
+            return f"id: {position.format()}\n\n".encode()
+        return f"id: {(subscriber.starts or {}).get(0) or FROM_THE_OLDEST}\n\n".encode()
 
     async def _replayed(
         self, replay: Replay, subscriber: Subscriber, retry: bytes

@@ -1,11 +1,13 @@
 """The order of a stream's first bytes, checked inside the process (too fast to race over HTTP)."""
 
 import asyncio
+import re
 from typing import NoReturn
 
 import pytest
 from django.test import override_settings
 
+from .. import apublish
 from ..broker import get_broker
 from ..conf import event_settings
 from ..delivery.hub import get_hub
@@ -24,7 +26,8 @@ def test_nothing_is_sent_before_the_client_is_subscribed_and_closing_unsubscribe
 
     with override_settings(REDIS_URL=""):
         first_chunk, subscribed_then, subscribed_after = asyncio.run(scenario())
-    assert first_chunk == b"retry: 3000\n\n: connected\n\n"
+    # Where it starts (an empty history's oldest) comes with it: see the test below.
+    assert first_chunk == b"retry: 3000\n\nid: 0-0\n\n: connected\n\n"
     assert (subscribed_then, subscribed_after) == (1, 0)
 
 
@@ -47,3 +50,34 @@ def test_an_unexpected_error_mid_stream_ends_it_with_a_comment_and_a_log_line(
     assert chunks == [b": server error, reconnect\n\n"]
     assert "Stream ended by an error" in caplog.text
     assert "a bug in reading history" in caplog.text
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_a_stream_that_ends_before_any_event_resumes_from_where_it_joined(
+    broker: str, request: pytest.FixtureRequest
+) -> None:
+    """A client whose stream ends before any event reached it (a quiet topic, a network drop)
+    reconnects with the id it was given on connecting: it gets what was published meanwhile,
+    and nothing from before it came. Without that id, EventSource reconnects without
+    Last-Event-ID, and what is published while it reconnects is lost to it."""
+    url = "" if broker == "memory" else request.getfixturevalue("redis_url")
+
+    async def scenario() -> list[bytes]:
+        await apublish("before", 1)
+        quiet = aiter(EventStream(frozenset({"broadcast"}), None, event_settings()))
+        first_chunk = await anext(quiet)
+        await quiet.aclose()
+        await apublish("meanwhile", 2)
+        joined = re.search(rb"\nid: (\S+)\n", first_chunk)
+        assert joined is not None, first_chunk
+        resumed = aiter(EventStream(frozenset({"broadcast"}), joined[1].decode(), event_settings()))
+        chunks = []
+        while not any(b"meanwhile" in chunk for chunk in chunks):
+            chunks.append(await asyncio.wait_for(anext(resumed), 10))
+        await resumed.aclose()
+        return chunks
+
+    with override_settings(REDIS_URL=url, EVENTS_REDIS_PREFIX=f"quiet-{broker}"):
+        chunks = asyncio.run(scenario())
+    assert b"event: meanwhile" in b"".join(chunks)
+    assert b"event: before" not in b"".join(chunks)
