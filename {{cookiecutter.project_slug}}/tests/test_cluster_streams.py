@@ -46,9 +46,11 @@ def servers(
         "EVENTS_REDIS_PREFIX": PREFIX,
         "EVENTS_PARTITIONS": str(PARTITIONS),
         "EVENTS_PUBLIC_TOPICS": "t*",
-        "EVENTS_STREAM_RATE": "",
-        "EVENTS_PUBLISH_RATE": "",
-        "EVENTS_MAX_STREAMS_PER_USER": "0",
+        # Limits checked on every stream and publish (their keys are in other slots than the
+        # events'), never reached.
+        "EVENTS_STREAM_RATE": "1000000/min",
+        "EVENTS_PUBLISH_RATE": "1000000/min",
+        "EVENTS_MAX_STREAMS_PER_USER": "100000",
         # Streams end every few seconds: clients resume by id all along.
         "EVENTS_STREAM_MAX_SECONDS": "5",
         "EVENTS_RETRY_MILLISECONDS": "200",

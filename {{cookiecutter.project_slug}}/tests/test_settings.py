@@ -169,6 +169,7 @@ def test_event_settings_defaults(tmp_path: Path) -> None:
         "EVENTS_HISTORY_LENGTH": 10000,
         "EVENTS_MAX_PAYLOAD_BYTES": 65536,
         "EVENTS_MAX_TOPICS_PER_STREAM": 16,
+        "EVENTS_PARTITIONS": 1,
         "EVENTS_CLIENT_QUEUE_SIZE": 1000,
         "EVENTS_CLIENT_MAX_BACKLOG_BYTES": 1048576,
         "EVENTS_CLIENT_SEND_TIMEOUT_SECONDS": 10.0,

@@ -19,7 +19,8 @@ escape)::
 A partition a stream reads but its position does not name (a topic added since) is read from the
 moment the stream starts, as a new stream would; a partition it names but no longer reads is
 ignored. A well-formed position of another layout (another ``EVENTS_PARTITIONS``, or one partition
-then several) is ``lost``: where it was cannot be known, and the stream starts with a ``reset``.
+then several), or one that names a partition twice, is ``lost``: where it was cannot be known,
+and the stream starts with a ``reset``.
 """
 
 import zlib
@@ -80,12 +81,15 @@ class Position:
         if not (_is_number(layout[1:]) and entries):
             raise _invalid(text)
         ids: dict[int, str] = {}
+        repeated = False
         for entry in entries:
             number, separator, event_id = entry.partition("_")
-            if not (separator and _is_number(number)) or int(number) in ids:
+            if not (separator and _is_number(number)):
                 raise _invalid(text)
+            repeated |= int(number) in ids
             ids[int(number)] = _checked_id(event_id)
-        if int(layout[1:]) != partitions or max(ids) >= partitions:
+        # Well-formed (the API's schema cannot say "each partition once"), but not written here.
+        if repeated or int(layout[1:]) != partitions or max(ids) >= partitions:
             return cls(partitions, lost=True)
         return cls(partitions, ids)
 

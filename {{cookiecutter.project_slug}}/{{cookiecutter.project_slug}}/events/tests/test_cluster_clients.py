@@ -12,8 +12,10 @@ from redis.cluster import RedisCluster
 from tests.cluster import RedisClusterDeployment, redis_cluster
 from tests.services import free_port
 
+from ..broker.rates import OverRate, Rate, RateCheck
 from ..broker.redis.cache import RedisCache
 from ..broker.redis.connection import RedisConnection
+from ..broker.redis.slots import RedisStreamSlots
 from ..broker.redis.urls import check_redis_url
 
 PASSWORD = "cluster-secret"
@@ -114,3 +116,17 @@ def test_a_cluster_not_answering_fails_its_commands_not_the_broker() -> None:
     with pytest.raises(redis.ConnectionError) as raised:
         script()
     assert PASSWORD not in str(raised.value)
+
+
+def test_a_streams_admission_counts_its_rate_and_its_slot_on_a_cluster(
+    deployment: RedisClusterDeployment,
+) -> None:
+    """The user's rate and open-streams keys hash to different slots: one script cannot take
+    both there (it answered every stream 500 with a rate set)."""
+    slots = RedisStreamSlots(_connection(deployment.url))
+    rate = RateCheck("streams-of-erin", Rate(3, 60))
+    assert slots.acquire("erin", 2, rate) is not None
+    assert slots.acquire("erin", 2, rate) is not None
+    assert slots.acquire("erin", 2, rate) is None  # two open: the limit
+    with pytest.raises(OverRate):  # the fourth stream in the minute: the rate
+        slots.acquire("erin", 2, rate)

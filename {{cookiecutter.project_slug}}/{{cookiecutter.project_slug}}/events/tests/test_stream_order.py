@@ -71,7 +71,7 @@ def test_a_stream_that_ends_before_any_event_resumes_from_where_it_joined(
         joined = re.search(rb"\nid: (\S+)\n", first_chunk)
         assert joined is not None, first_chunk
         resumed = aiter(EventStream(frozenset({"broadcast"}), joined[1].decode(), event_settings()))
-        chunks = []
+        chunks: list[bytes] = []
         while not any(b"meanwhile" in chunk for chunk in chunks):
             chunks.append(await asyncio.wait_for(anext(resumed), 10))
         await resumed.aclose()

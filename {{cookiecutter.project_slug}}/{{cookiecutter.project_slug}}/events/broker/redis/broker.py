@@ -38,7 +38,7 @@ from ...core.event import Draft, Event
 from ...exceptions import BrokerUnavailable, IdempotencyConflict
 from ..base import AccessChange, Broker, Feed, FeedSink, Once, Publication, envelope_digest
 from .cluster import on_the_master_of
-from .connection import RedisConnection
+from .connection import REDIS_ERRORS, RedisConnection
 from .feed import RedisFeed
 from .history import ACCESS_CHANGES_KEPT, RedisHistory
 from .rates import RedisRateLimits
@@ -119,7 +119,7 @@ class RedisBroker(Broker):
                 )
             else:
                 reply, copies = self._wait(client, keys, args)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise _not_published(error) from error
         return self._replicated(_publication(draft, reply), copies)
 
@@ -154,7 +154,7 @@ class RedisBroker(Broker):
                 pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
                 pipe.wait(replicas, self.replication.timeout_milliseconds)
                 reply, copies = await pipe.execute()
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise _not_published(error) from error
         return self._replicated(_publication(draft, reply), copies)
 
@@ -201,7 +201,7 @@ class RedisBroker(Broker):
                 # connected now still get the change, without an id.
                 logger.error("Access change not kept in %s: %s", keys[0], error)
                 self.connection.publish(control, change.encode())
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 
     def open_feed(self, sink: FeedSink) -> Feed:
@@ -210,7 +210,7 @@ class RedisBroker(Broker):
     def check(self) -> None:
         try:
             self.connection.sync_client.ping()
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
 
 
@@ -226,7 +226,7 @@ def _publication(draft: Draft, reply: list[Any]) -> Publication:
     return Publication(draft.with_id(event_id), replayed=True)
 
 
-def _not_published(error: redis.RedisError) -> BrokerUnavailable:
+def _not_published(error: Exception) -> BrokerUnavailable:
     if isinstance(error, redis.TimeoutError):
         # The script may have run: the reply is what was lost. Never sent again on our own.
         return BrokerUnavailable(

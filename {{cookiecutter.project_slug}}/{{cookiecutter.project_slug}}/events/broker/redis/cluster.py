@@ -84,9 +84,9 @@ def on_the_master_of(
 
     A redirect is a refusal of a command that did not run: ``run`` goes once more, to the master
     it names (MOVED: the slot moved, the map is read again; ASK: the slot is being migrated and
-    the key is there already). A failed connection (a master down, before or during a failover)
-    is raised, after the map is read again, so that the caller's next try reaches the master
-    the cluster has promoted."""
+    the key is there already). A failed connection (a master down, before or during a failover),
+    or a slot the map gives no master, is raised after the map is read again, so that the
+    caller's next try reaches the master the cluster has promoted."""
     try:
         return run(_master_of(cluster, key), False)
     except redis.exceptions.MovedError:
@@ -100,7 +100,7 @@ def on_the_master_of(
         if target is None:
             raise
         return run(target, True)
-    except (redis.ConnectionError, redis.TimeoutError):
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.SlotNotCoveredError):
         _read_the_slot_map(cluster)
         raise
 

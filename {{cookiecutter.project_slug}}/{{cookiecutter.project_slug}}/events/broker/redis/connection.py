@@ -46,6 +46,14 @@ _POOL_SIZE = 8
 # node gets more than the waiting pool above, for a burst to fit, and still a bound.
 _CLUSTER_NODE_POOL_SIZE = 32
 
+# What a failed call to Redis raises. A cluster client also raises RedisClusterException, which is
+# not a RedisError, when its slot map names no master for a key (during a failover): Redis is
+# unavailable all the same, never a server error.
+REDIS_ERRORS = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+)
+
 # The clients, of one server (or of Sentinel's master) or of a cluster.
 SyncClient = redis.Redis | RedisCluster
 AsyncClient = aioredis.Redis | AsyncRedisCluster

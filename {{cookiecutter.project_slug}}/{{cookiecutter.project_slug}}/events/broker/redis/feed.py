@@ -37,8 +37,6 @@ import random
 from collections import deque
 from typing import Any
 
-import redis
-
 from ...core.channels import CONTROL
 from ...core.event import parse_envelope, parse_event_id
 from ...core.positions import EventKey
@@ -46,7 +44,7 @@ from ...exceptions import BrokerUnavailable
 from ...telemetry import metrics
 from ...telemetry.malformed import report_malformed
 from ..base import AccessChange, Feed, FeedSink, HistoryGap
-from .connection import PubSubLike, RedisConnection
+from .connection import REDIS_ERRORS, PubSubLike, RedisConnection
 from .history import NO_ACCESS_CHANGE, RedisHistory
 from .signing import verified_id
 
@@ -100,7 +98,7 @@ class RedisFeed(Feed):
                     await self._connected.wait()
                     try:
                         return await self._subscribe_on_this_connection(channel)
-                    except (_ConnectionLost, BrokerUnavailable, redis.RedisError, OSError):
+                    except (_ConnectionLost, BrokerUnavailable, *REDIS_ERRORS, OSError):
                         # The reader notices within a second, reconnects and resubscribes.
                         await asyncio.sleep(0.05)
         except TimeoutError:
@@ -142,7 +140,7 @@ class RedisFeed(Feed):
             # On failure, the next connection subscribes only to the channels still wanted.
             try:
                 await self._pubsub.unsubscribe(self._connection.pubsub_channel(channel))
-            except (redis.RedisError, OSError) as error:
+            except (*REDIS_ERRORS, OSError) as error:
                 logger.debug("Unsubscribe from %r failed: %s", channel, error)
 
     def watermark(self, partition: int) -> str | None:

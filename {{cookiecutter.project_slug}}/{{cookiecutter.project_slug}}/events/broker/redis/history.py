@@ -18,7 +18,7 @@ from ...core.event import Event, parse_envelope
 from ...exceptions import BrokerUnavailable, EventError
 from ...telemetry.malformed import report_malformed
 from ..base import AccessChange, HistoryGap
-from .connection import Entry, RedisConnection
+from .connection import REDIS_ERRORS, Entry, RedisConnection
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class RedisHistory:
                     # Built one at a time as the reader takes them: never a page of parsed events.
                     events = (self._event(entry, channels) for entry in entries)
                     yield entries[-1][0].decode(), (event for event in events if event is not None)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
 
     async def latest_event_id(self, partition: int) -> str | None:
@@ -72,7 +72,7 @@ class RedisHistory:
                     self.key(partition), "+", "-", count=1
                 ),
             )
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return entries[0][0].decode() if entries else None
 
@@ -81,7 +81,7 @@ class RedisHistory:
         args: list[str | int] = [self._connection.history_length, RESET_MARKER]
         try:
             point = await self._connection.run(self._newest_or_marker, [self.key(partition)], args)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return str(point.decode())
 
@@ -123,7 +123,7 @@ class RedisHistory:
             # next catch-up finds a gap and every open stream is rechecked.
             logger.error("Access changes unreadable in %s: %s", self.access_changes_key, error)
             return NO_ACCESS_CHANGE
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Access changes unavailable: {error}") from error
         return str(point.decode())
 
@@ -141,7 +141,7 @@ class RedisHistory:
         except redis.ResponseError as error:  # the key holds something else
             logger.error("Access changes unreadable in %s: %s", self.access_changes_key, error)
             raise HistoryGap(change_id) from error
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Access changes unavailable: {error}") from error
 
     def _access_change(self, entry_id: bytes, fields: dict[bytes, bytes]) -> AccessChange | None:

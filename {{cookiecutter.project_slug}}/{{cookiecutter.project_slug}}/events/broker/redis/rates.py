@@ -11,7 +11,7 @@ import uuid
 import redis
 
 from ..rates import Rate, RateLimits
-from .connection import RedisConnection
+from .connection import REDIS_ERRORS, RedisConnection
 from .unanswered import unanswered
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class RedisRateLimits(RateLimits):
                     f"{self._process}:{next(self._serial)}",
                 ],
             )
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             if isinstance(error, redis.TimeoutError):
                 self._unanswered.timed_out()
             logger.warning("Rate limit %s not checked: %s", key, error)

@@ -19,8 +19,8 @@ import redis
 
 from ..rates import OverRate, RateCheck
 from ..slots import LEASE_SECONDS, Slot, StreamSlots
-from .connection import RedisConnection
-from .rates import HIT_FUNCTION, rate_key
+from .connection import REDIS_ERRORS, RedisConnection
+from .rates import HIT_FUNCTION, RedisRateLimits, rate_key
 from .unanswered import unanswered
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class RedisStreamSlots(StreamSlots):
         self._process = uuid.uuid4().hex[:12]
         self._serial = 0
         self._acquire = connection.script(_ACQUIRE)
+        self._rate_limits = RedisRateLimits(connection)
         self._unanswered = unanswered(connection.url)
         # Per event loop (one in a server).
         self._held: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Held]
@@ -86,12 +87,17 @@ class RedisStreamSlots(StreamSlots):
             return slot
         keys = [self._key(user)]
         args: list[str | int] = [limit, LEASE_SECONDS, slot.name]
-        if rate is not None:  # the slot's name, unique, names the hit too
+        if rate is not None and self._connection.is_cluster:
+            # A cluster runs a script on the keys of one slot: there the user's rate and slots
+            # are two calls, in the script's order.
+            if wait := self._rate_limits.hit(rate.key, rate.rate):
+                raise OverRate(wait)
+        elif rate is not None:  # the slot's name, unique, names the hit too
             keys.append(rate_key(self._connection, rate.key))
             args += [rate.rate.limit, rate.rate.window_seconds * 1000]
         try:
             taken = self._acquire(keys=keys, args=args)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             if isinstance(error, redis.TimeoutError):
                 self._unanswered.timed_out()
             logger.warning("Stream limits not checked: %s", error)
@@ -119,7 +125,7 @@ class RedisStreamSlots(StreamSlots):
                     held.renewer = None  # the next slot held starts another
                 try:
                     await self._connection.async_client().zrem(self._key(slot.user), slot.name)
-                except redis.RedisError as error:  # it expires by itself
+                except REDIS_ERRORS as error:  # it expires by itself
                     logger.debug("Could not give back a stream slot: %s", error)
 
     async def _renew_forever(self, held: _Held) -> None:
@@ -135,5 +141,5 @@ class RedisStreamSlots(StreamSlots):
                         for user, names in by_user.items():
                             pipe.eval(_RENEW, 1, self._key(user), LEASE_SECONDS, *names)
                         await pipe.execute()
-                except (redis.RedisError, OSError) as error:
+                except (*REDIS_ERRORS, OSError) as error:
                     logger.warning("Could not renew stream slots: %s", error)
