@@ -103,6 +103,17 @@ def test_every_refusal_has_the_one_error_shape(daphne: Daphne, live_project: Liv
         "empty format": httpx.get(f"{daphne.url}/api/events/metrics/?format=", headers=token),
         "a topic too long": httpx.post(tickets, json={"topics": ["t" * 65]}, headers=token),
         "no data": httpx.post(f"{daphne.url}/api/events/", json={"type": "x"}, headers=staff),
+        # Refused by Twisted, before Django: a URL, a header, all headers too long for it.
+        "a URL over 16 KiB": httpx.get(
+            f"{daphne.url}/api/events/metrics/", params={"x": "x" * 17_000}, headers=token
+        ),
+        "a header over 16 KiB": httpx.get(
+            f"{daphne.url}/api/events/metrics/", headers={**token, "X-Padding": "x" * 17_000}
+        ),
+        "headers over 16 KiB in all": httpx.get(
+            f"{daphne.url}/api/events/metrics/",
+            headers={**token, **{f"X-Padding-{n}": "x" * 1_000 for n in range(20)}},
+        ),
     }
     for name, response in refusals.items():
         assert 400 <= response.status_code < 500, (name, response.status_code)
@@ -115,6 +126,9 @@ def test_every_refusal_has_the_one_error_shape(daphne: Daphne, live_project: Liv
     assert refusals["empty multipart body"].status_code == 415
     assert refusals["unknown format"].status_code == 406
     assert refusals["empty format"].status_code == 406
+    assert refusals["a URL over 16 KiB"].status_code == 414
+    assert refusals["a header over 16 KiB"].status_code == 431
+    assert refusals["headers over 16 KiB in all"].status_code == 400
     assert refusals["a topic too long"].json()["errors"] == {
         "topics.0": ["Ensure this field has no more than 64 characters."]
     }
@@ -142,6 +156,8 @@ def test_every_documented_status_is_one_the_server_answers(
             saw("/api/events/stream/", "get", response)
 
     xml = {"Accept": "application/xml"}  # a format no operation answers: 406
+    long_url = {"padding": "x" * 17_000}  # a request line over Twisted's 16 KiB: 414
+    long_header = {"X-Padding": "x" * 17_000}  # a header line over it: 431
     form = {"Content-Type": "application/x-www-form-urlencoded"}  # a body they do not take: 415
     too_large = b"[" + b"0," * 2_000_000 + b"0]"  # over DATA_UPLOAD_MAX_MEMORY_SIZE: 413
 
@@ -158,6 +174,8 @@ def test_every_documented_status_is_one_the_server_answers(
         stream(anonymous)
         stream(alice, topic="sports")
         stream(staff, headers=xml)
+        stream(staff, padding=long_url["padding"])
+        stream(staff, headers=long_header)
         # Tickets.
         tickets = "/api/events/tickets/"
         for client, body in (
@@ -170,10 +188,15 @@ def test_every_documented_status_is_one_the_server_answers(
         saw(tickets, "post", staff.post(tickets, json={}, headers=xml))
         saw(tickets, "post", staff.post(tickets, content=b"topics=news", headers=form))
         saw(tickets, "post", staff.post(tickets, content=too_large, headers=JSON))
+        saw(tickets, "post", staff.post(tickets, json={}, params=long_url))
+        saw(tickets, "post", staff.post(tickets, json={}, headers=long_header))
         # Metrics.
         for client in (staff, anonymous, alice):
             saw("/api/events/metrics/", "get", client.get("/api/events/metrics/"))
         saw("/api/events/metrics/", "get", staff.get("/api/events/metrics/", headers=xml))
+        saw("/api/events/metrics/", "get", staff.get("/api/events/metrics/", params=long_url))
+        metrics = staff.get("/api/events/metrics/", headers=long_header)
+        saw("/api/events/metrics/", "get", metrics)
         # Publishing.
         events = "/api/events/"
         key = {"Idempotency-Key": "schema-test"}
@@ -189,6 +212,8 @@ def test_every_documented_status_is_one_the_server_answers(
         ):
             saw(events, "post", client.post(events, json=event, headers=headers))
         saw(events, "post", staff.post(events, content=b"type=one&data=1", headers=form))
+        saw(events, "post", staff.post(events, json={}, params=long_url))
+        saw(events, "post", staff.post(events, json={}, headers=long_header))
         for _ in range(PUBLISH_RATE):  # over the publish rate
             saw(events, "post", staff.post(events, json={"type": "many", "data": None}))
         for _ in range(STREAM_RATE):  # over the stream rate, which tickets share

@@ -87,6 +87,9 @@ _STREAM_EVENT_SCHEMA = {
 _TOO_MANY = _error("Over a per-user limit; Retry-After says when to try again.")
 _UNAUTHENTICATED = _error("No or bad credentials.")
 _NOT_ACCEPTABLE = _error("The Accept header (or ?format=) asks for a format this does not answer.")
+# What Daphne answers before any view: a request line or a header line over 16 KiB.
+_URI_TOO_LONG = _error("The request line (its URL) is over 16 KiB.")
+_HEADER_TOO_LONG = _error("A header line is over 16 KiB.")
 # What any operation that takes a JSON body may answer before reading it.
 _BODY_REFUSALS = {
     413: _error("The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE."),
@@ -154,6 +157,8 @@ STREAM: dict[str, Any] = {
         (401, "application/json"): _UNAUTHENTICATED,
         (403, "application/json"): _error("A topic the user may not read, or not in the ticket."),
         (406, "application/json"): _NOT_ACCEPTABLE,
+        (414, "application/json"): _URI_TOO_LONG,
+        (431, "application/json"): _HEADER_TOO_LONG,
         (429, "application/json"): _error(
             "Over the user's open streams or its rate of new streams; Retry-After says when to"
             " try again."
@@ -195,6 +200,8 @@ PUBLISH: dict[str, Any] = {
         406: _NOT_ACCEPTABLE,
         **_BODY_REFUSALS,
         413: _error("`data` is over EVENTS_MAX_PAYLOAD_BYTES, or the body too large."),
+        414: _URI_TOO_LONG,
+        431: _HEADER_TOO_LONG,
         422: _error("The Idempotency-Key was used for another event."),
         429: _TOO_MANY,
         503: _error("Redis is unavailable: nothing was published (or, on a timeout, maybe)."),
@@ -219,6 +226,8 @@ TICKET: dict[str, Any] = {
         403: _error("A topic the user may not read."),
         406: _NOT_ACCEPTABLE,
         **_BODY_REFUSALS,
+        414: _URI_TOO_LONG,
+        431: _HEADER_TOO_LONG,
         429: _error("Over the user's rate of new streams, which tickets count toward."),
     },
 }
@@ -230,6 +239,8 @@ METRICS: dict[str, Any] = {
         401: _UNAUTHENTICATED,
         403: _error("Not staff."),
         406: _NOT_ACCEPTABLE,
+        414: _URI_TOO_LONG,
+        431: _HEADER_TOO_LONG,
     },
 }
 

@@ -1,6 +1,7 @@
 """A stream's connection, under Daphne and elsewhere: flow control (wait while the client drains,
 cut it off when it does not), and under Daphne, events written to the socket at once (and request
-bodies left unparsed: ``leave_request_bodies_to_django``).
+bodies left unparsed, overlong request lines answered: ``leave_request_bodies_to_django``,
+``answer_overlong_request_lines``).
 
 Daphne accepts every chunk at once (``send()`` never waits) and buffers what the socket does not
 take, so without this a client that stopped reading would make the server's memory grow without
@@ -25,11 +26,13 @@ real Daphne.
 
 import asyncio
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from daphne import http_protocol
+from twisted.web import http
 
 from ..telemetry.metrics import EndReason
 
@@ -142,6 +145,47 @@ def leave_request_bodies_to_django() -> None:
             super().__init__(*args, parsePOSTFormSubmission=False, **kwargs)
 
     http_protocol.WebRequest = WebRequest
+
+
+def answer_overlong_request_lines() -> None:
+    """Under Daphne, what Twisted refuses before any view is answered in the API's error shape.
+
+    A request line (its URL) or a header line longer than Twisted reads (16 KiB) gets 414 or 431,
+    instead of the connection closed without a word (``LineReceiver.lineLengthExceeded``), which
+    a client cannot tell from a crash; a request Twisted cannot parse (headers over 16 KiB in
+    all, a malformed line) gets its 400 with a JSON body rather than none. nginx, in front,
+    answers 414 itself past 8 KiB.
+    """
+    channel = http.HTTPChannel
+    if getattr(channel, "answers_in_the_error_shape", False):
+        return
+
+    def line_length_exceeded(self: Any, line: bytes) -> None:
+        if getattr(self, "_HTTPChannel__first_line", 1):  # Twisted's own flag: no line read yet
+            detail = f"The request line (its URL) is over {self.MAX_LENGTH} bytes."
+            _refuse(self, b"414 URI Too Long", detail, "too_large")
+        else:
+            detail = f"A header line is over {self.MAX_LENGTH} bytes."
+            _refuse(self, b"431 Request Header Fields Too Large", detail, "too_large")
+
+    def bad_request(self: Any) -> None:
+        detail = (
+            "A request that is not HTTP this server can read (malformed, or headers too large)."
+        )
+        _refuse(self, b"400 Bad Request", detail, "parse_error")
+
+    channel.lineLengthExceeded = line_length_exceeded  # type: ignore[method-assign]
+    channel._respondToBadRequestAndDisconnect = bad_request  # type: ignore[method-assign]
+    channel.answers_in_the_error_shape = True  # type: ignore[attr-defined]
+
+
+def _refuse(channel: Any, status: bytes, detail: str, code: str) -> None:
+    body = json.dumps({"detail": detail, "code": code}).encode()
+    channel.transport.write(
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    )
+    channel.loseConnection()
 
 
 def daphne_connection(send: Send) -> tuple[Any, TwistedTransport] | None:
