@@ -265,8 +265,12 @@ class Hub:
         if subscribers is not None:
             ready = self._ready[channel]
             if ready.done() and not ready.exception():
-                # Before it is added: every event it is offered comes after this.
+                # Before it is added: every event it is offered comes after this. (Not where
+                # the channel's subscription started, long before: a stream resuming from there
+                # would be sent what was published before it came.)
                 subscriber.joined(partition, self._feed.watermark(partition))
+                subscribers.add(subscriber)
+                return
             subscribers.add(subscriber)
             subscriber.joined(partition, await asyncio.shield(ready))
             return

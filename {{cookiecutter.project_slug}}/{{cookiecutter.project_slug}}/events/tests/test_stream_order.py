@@ -52,18 +52,26 @@ def test_an_unexpected_error_mid_stream_ends_it_with_a_comment_and_a_log_line(
     assert "a bug in reading history" in caplog.text
 
 
+@pytest.mark.parametrize("already_read", [False, True], ids=["new channel", "channel already read"])
 @pytest.mark.parametrize("broker", ["memory", "redis"])
 def test_a_stream_that_ends_before_any_event_resumes_from_where_it_joined(
-    broker: str, request: pytest.FixtureRequest
+    broker: str, already_read: bool, request: pytest.FixtureRequest
 ) -> None:
     """A client whose stream ends before any event reached it (a quiet topic, a network drop)
     reconnects with the id it was given on connecting: it gets what was published meanwhile,
-    and nothing from before it came. Without that id, EventSource reconnects without
-    Last-Event-ID, and what is published while it reconnects is lost to it."""
+    and nothing from before it came, whether it is the first in its process to read its channels
+    or joins another stream's. Without that id, EventSource reconnects without Last-Event-ID,
+    and what is published while it reconnects is lost to it."""
     url = "" if broker == "memory" else request.getfixturevalue("redis_url")
 
     async def scenario() -> list[bytes]:
+        other = aiter(EventStream(frozenset({"broadcast"}), None, event_settings()))
+        if already_read:  # the process reads the channel from before "before" on
+            await anext(other)
         await apublish("before", 1)
+        if already_read:
+            while b"event: before" not in await asyncio.wait_for(anext(other), 10):
+                pass  # the process has seen it: the channel is read past it
         quiet = aiter(EventStream(frozenset({"broadcast"}), None, event_settings()))
         first_chunk = await anext(quiet)
         await quiet.aclose()
@@ -75,9 +83,10 @@ def test_a_stream_that_ends_before_any_event_resumes_from_where_it_joined(
         while not any(b"meanwhile" in chunk for chunk in chunks):
             chunks.append(await asyncio.wait_for(anext(resumed), 10))
         await resumed.aclose()
+        await other.aclose()
         return chunks
 
-    with override_settings(REDIS_URL=url, EVENTS_REDIS_PREFIX=f"quiet-{broker}"):
+    with override_settings(REDIS_URL=url, EVENTS_REDIS_PREFIX=f"quiet-{broker}-{already_read}"):
         chunks = asyncio.run(scenario())
     assert b"event: meanwhile" in b"".join(chunks)
     assert b"event: before" not in b"".join(chunks)
