@@ -34,12 +34,20 @@ def space(topic: str) -> str:
     return "{" + f"{PREFIX}.{partition_of(f'topic.{topic}', PARTITIONS)}" + "}"
 
 
-def topic_on(deployment: RedisClusterDeployment, master: RedisClusterNode) -> str:
-    """A topic whose partition the master serves."""
-    number = 0
-    while deployment.owner_of_key(space(topic := f"t{number}")).port != master.port:
-        number += 1
-    return topic
+def topics_by_master(deployment: RedisClusterDeployment) -> list[tuple[RedisClusterNode, str]]:
+    """Each master that serves a partition, with a topic of one of its partitions (a reshard can
+    leave a master none). Where the slots are is read once."""
+    slots = {
+        entry.port: entry.slots
+        for entry in deployment.topology()
+        if entry.is_master and not entry.failing
+    }
+    topics: dict[int, str] = {}
+    for number in range(50 * PARTITIONS):  # far more topics than it takes to reach every partition
+        slot = key_slot(space(topic := f"t{number}"))
+        owner = next(port for port, served in slots.items() if slot in served)
+        topics.setdefault(owner, topic)
+    return [(deployment.node(port), topic) for port, topic in topics.items()]
 
 
 def on_the_replica(
@@ -67,8 +75,9 @@ def test_a_publish_is_acknowledged_once_the_replica_of_its_master_holds_it(
 ) -> None:
     with replicated(deployment):
         # On every master: WAIT reaches the master that ran the script, not any node.
-        for master in deployment.masters():
-            topic = topic_on(deployment, master)
+        topics = topics_by_master(deployment)
+        assert len(topics) == 3, "each master serves a partition before the reshard"
+        for master, topic in topics:
             event = publish("note", 1, topic=topic, key=f"key-{topic}")
             assert on_the_replica(deployment, topic, event.id)
             async_event = asyncio.run(apublish("note", 2, topic=topic))
@@ -80,8 +89,7 @@ def test_a_publish_is_acknowledged_once_the_replica_of_its_master_holds_it(
                 assert client.exists(idempotency)
 
         # The partition moves to another master; the publisher still has the old slot map.
-        source, target = deployment.masters()[:2]
-        topic = topic_on(deployment, source)
+        (source, topic), (target, _) = topics[:2]
         slot = key_slot(space(topic))
         owned = sorted(deployment.slots_of(source))
         deployment.reshard(owned.index(slot) + 1, source, target)
@@ -93,9 +101,8 @@ def test_a_publish_is_acknowledged_once_the_replica_of_its_master_holds_it(
 
         # The replica of one master stops: its partitions refuse, the others go on.
         # (Where things are is read before: a stopped node answers no one.)
-        stopped_master, other_master = deployment.masters()[:2]
-        stopped_topic = topic_on(deployment, stopped_master)
-        other_topic = topic_on(deployment, other_master)
+        stopped, other = topics_by_master(deployment)[:2]
+        (stopped_master, stopped_topic), (other_master, other_topic) = stopped, other
         (replica,) = deployment.replicas_of(stopped_master)
         (other_replica,) = deployment.replicas_of(other_master)
         os.kill(replica.pid, signal.SIGSTOP)
@@ -118,8 +125,8 @@ def test_a_publish_to_a_slot_being_migrated_waits_for_the_replica_of_the_master_
     """Mid-migration, the old master sends a publish whose keys have moved to the new master
     (ASK): the event must be on the new master's replica."""
     wait_until(deployment.healthy, 30)  # the replica stopped above is back
-    source, target = deployment.masters()[:2]
-    topic = topic_on(deployment, source)
+    (source, topic), *_ = topics_by_master(deployment)
+    target = next(master for master in deployment.masters() if master != source)
     slot = str(key_slot(space(topic)))
     with replicated(deployment):
         publish("note", 1, topic=topic)  # the partition's history exists
