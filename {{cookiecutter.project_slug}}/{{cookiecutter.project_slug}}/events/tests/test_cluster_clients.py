@@ -27,7 +27,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluste
         yield deployment
 
 
-def _connection(url: str) -> RedisConnection:
+def _connection(url: str, partitions: int = 1) -> RedisConnection:
     return RedisConnection(
         url,
         prefix="cluster-clients",
@@ -35,6 +35,7 @@ def _connection(url: str) -> RedisConnection:
         max_payload_bytes=1000,
         health_check_seconds=5,
         signing_keys=("key",),
+        partitions=partitions,
     )
 
 
@@ -130,3 +131,32 @@ def test_a_streams_admission_counts_its_rate_and_its_slot_on_a_cluster(
     assert slots.acquire("erin", 2, rate) is None  # two open: the limit
     with pytest.raises(OverRate):  # the fourth stream in the minute: the rate
         slots.acquire("erin", 2, rate)
+
+
+def test_channels_subscribed_at_once_are_each_confirmed(deployment: RedisClusterDeployment) -> None:
+    """The streams a process opens together subscribe their channels together: each master's
+    connection is made once, however many channels ask for it at the same moment. (A second
+    connection made meanwhile took the place of the first; the channels sent on the first were
+    never confirmed, and their streams ended "broker unavailable" ten seconds later.)"""
+    connection = _connection(deployment.url, partitions=16)
+    channels = [connection.pubsub_channel(f"topic.at-once-{number}") for number in range(60)]
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        pubsub = connection.pubsub()
+        try:
+            await pubsub.connect()
+            await asyncio.gather(*(pubsub.subscribe(channel) for channel in channels))
+            confirmed: set[str] = set()
+            async with asyncio.timeout(10):
+                while len(confirmed) < len(channels):
+                    message = await pubsub.get_message(timeout=1)
+                    if message is not None and message["type"] == "subscribe":
+                        confirmed.add(message["channel"].decode())
+            masters = {connection.async_client().get_node_from_key(c).name for c in channels}
+            return confirmed, masters
+        finally:
+            await pubsub.aclose()
+
+    confirmed, masters = asyncio.run(scenario())
+    assert confirmed == set(channels)
+    assert len(masters) == 3  # several at once on each master

@@ -53,6 +53,7 @@ class ShardedPubSub:
         self._masters: dict[str, _Master] = {}  # by node name (host:port)
         self._channels: dict[str, str] = {}  # channel -> the name of the master it is on
         self._unsubscribing: set[str] = set()
+        self._connecting = asyncio.Lock()
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self._pings: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
@@ -66,15 +67,32 @@ class ShardedPubSub:
             node = self._client.get_node_from_key(channel)
             if node is None:
                 raise ConnectionError(f"no master serves the slot of {channel!r}")
-            master = self._masters.get(node.name)
-            if master is None:
-                master = self._masters[node.name] = _Master(
-                    self._node_pubsub(node), asyncio.get_running_loop().time()
-                )
+            master = await self._master(node)
             await master.pubsub.ssubscribe(channel)
             self._channels[channel] = node.name
             if master.reader is None:
                 master.reader = asyncio.create_task(self._read(node.name, master))
+
+    async def _master(self, node: ClusterNode) -> _Master:
+        """The master's connection, connected before any channel is subscribed on it. redis-py's
+        PubSub connects on its first command, once for each command sent while it connects: of
+        the streams that open at once, those whose channel went out on a connection it then
+        dropped never heard their subscription confirmed."""
+        if (master := self._masters.get(node.name)) is not None:
+            return master
+        async with self._connecting:
+            master = self._masters.get(node.name)
+            if master is None:
+                pubsub = self._node_pubsub(node)
+                try:
+                    await pubsub.connect()
+                except BaseException:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    raise
+                master = self._masters[node.name] = _Master(
+                    pubsub, asyncio.get_running_loop().time()
+                )
+            return master
 
     async def unsubscribe(self, *channels: str) -> None:
         for channel in channels:
