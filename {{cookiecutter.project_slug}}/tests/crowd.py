@@ -25,6 +25,8 @@ STREAM_PATH = "/api/events/stream/"
 DEFAULT_RETRY_MILLISECONDS = 3000
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _CONNECT_TIMEOUT_SECONDS = 20.0
+# What a stream that could not be subscribed says before it ends (delivery/stream.py).
+NOT_SUBSCRIBED = "broker unavailable, reconnect later"
 
 
 @dataclass
@@ -131,7 +133,9 @@ class StreamClient:
     comments: list[Message] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
     failure: str | None = None  # why the client gave up for good (a status other than 200)
-    # Set when the first connection's response has started: from then on nothing is missed.
+    # Set once a response says its stream is subscribed (anything but NOT_SUBSCRIBED: `: connected`,
+    # a replay, `: up to date`): from then on nothing is missed. Not when the response starts: a
+    # stream that Redis could not subscribe starts a response all the same, to end it at once.
     opened: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -177,11 +181,12 @@ class StreamClient:
             if status != 200 or not headers.get("content-type", "").startswith("text/event-stream"):
                 self.failure = f"{status} {headers.get('content-type')}"
                 return
-            self.opened.set()
             parser = EventParser(self.last_event_id)
             async for body in _body(reader, headers):
                 for message in parser.feed(body):
                     self._record(connection, message)
+                    if message.comment != NOT_SUBSCRIBED:
+                        self.opened.set()
                 if parser.retry is not None:
                     self.retry_milliseconds = parser.retry
                 # An empty id (a reset with no history) means: resume without Last-Event-ID.

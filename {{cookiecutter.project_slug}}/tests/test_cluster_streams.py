@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from .cluster import RedisClusterDeployment, key_slot, redis_cluster
-from .crowd import Crowd, StreamClient, allow_open_files, wait_for
+from .crowd import NOT_SUBSCRIBED, Crowd, StreamClient, allow_open_files, wait_for
 from .services import Daphne, LiveProject, api, daphne_server, publish
 from .sse import open_stream
 
@@ -302,6 +302,8 @@ def test_every_event_reaches_exactly_its_streams_once_on_shard_channels(
     assert wrong_deliveries(run, live_project) == []
     assert run.settled
     assert not any(client.resets for client in run.clients)
+    # A healthy cluster subscribes every stream: none is turned away for want of Redis.
+    assert not [c for c in run.clients if any(m.comment == NOT_SUBSCRIBED for m in c.comments)]
     # Shard channels only, each on the master that serves its slot.
     assert run.classic_channels == set()
     for port, names in run.shard_channels.items():
