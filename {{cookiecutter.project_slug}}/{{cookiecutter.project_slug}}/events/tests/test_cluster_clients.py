@@ -152,8 +152,10 @@ def test_channels_subscribed_at_once_are_each_confirmed(deployment: RedisCluster
                     message = await pubsub.get_message(timeout=1)
                     if message is not None and message["type"] == "subscribe":
                         confirmed.add(message["channel"].decode())
-            masters = {connection.async_client().get_node_from_key(c).name for c in channels}
-            return confirmed, masters
+            client = connection.async_client()
+            assert isinstance(client, AsyncRedisCluster)
+            nodes = {client.get_node_from_key(channel) for channel in channels}
+            return confirmed, {node.name for node in nodes if node is not None}
         finally:
             await pubsub.aclose()
 

@@ -85,7 +85,7 @@ class ShardedPubSub:
             if master is None:
                 pubsub = self._node_pubsub(node)
                 try:
-                    await pubsub.connect()
+                    await pubsub.connect()  # type: ignore[no-untyped-call]
                 except BaseException:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                     raise
