@@ -162,3 +162,37 @@ def test_channels_subscribed_at_once_are_each_confirmed(deployment: RedisCluster
     confirmed, masters = asyncio.run(scenario())
     assert confirmed == set(channels)
     assert len(masters) == 3  # several at once on each master
+
+
+def test_a_dropped_shard_connection_is_reported_not_silently_replaced(
+    deployment: RedisClusterDeployment,
+) -> None:
+    """The feed catches up from history only when it hears that its connection dropped. redis-py's
+    PubSub, left to itself, reconnects and subscribes again without a word: what was published
+    meanwhile would never reach the clients, and no one would know."""
+    connection = _connection(deployment.url, partitions=16)
+    channel = connection.pubsub_channel("topic.dropped")
+    master = deployment.owner_of_key(channel)
+
+    async def scenario() -> BaseException | None:
+        pubsub = connection.pubsub()
+        try:
+            await pubsub.connect()
+            await pubsub.subscribe(channel)
+            async with asyncio.timeout(10):
+                while (message := await pubsub.get_message(timeout=1)) is None:
+                    pass
+            assert message["type"] == "subscribe"
+            master.client().client_kill_filter(_type="pubsub")
+            try:
+                async with asyncio.timeout(10):
+                    while True:
+                        await pubsub.get_message(timeout=1)
+            except redis.ConnectionError as error:
+                return error
+            except TimeoutError:
+                return None
+        finally:
+            await pubsub.aclose()
+
+    assert isinstance(asyncio.run(scenario()), redis.ConnectionError)

@@ -221,6 +221,9 @@ class RedisConnection:
         client = aioredis.Redis(
             host=node.host,
             port=int(node.port),
+            # Without it, redis-py's PubSub reconnects by itself and subscribes again: the feed
+            # would never hear that its connection dropped, nor catch up what came meanwhile.
+            retry=AsyncRetry(NoBackoff(), 0),
             **node_options(self._cluster),
             **_CONNECTION_OPTIONS,
         )
