@@ -13,7 +13,9 @@ reconnects, with a fresh slot map, and catches up from history, as after any rec
 - a master that fails (its replica is promoted: a failover) or stops answering (it is pinged
   when it has said nothing for ``health_check_seconds``, and given as long again);
 - a channel whose slot moved to another master (``redis-cli --cluster reshard``): its old master
-  sends an SUNSUBSCRIBE the feed did not ask for.
+  sends an SUNSUBSCRIBE the feed did not ask for;
+- a channel to subscribe whose slot has another master than when this connection first
+  subscribed in it: the slot moved, and its old master has not said so (yet, or ever).
 """
 
 import asyncio
@@ -52,6 +54,7 @@ class ShardedPubSub:
         self._health_check_seconds = health_check_seconds
         self._masters: dict[str, _Master] = {}  # by node name (host:port)
         self._channels: dict[str, str] = {}  # channel -> the name of the master it is on
+        self._owners: dict[int, str] = {}  # slot -> its master when first subscribed in here
         self._unsubscribing: set[str] = set()
         self._connecting = asyncio.Lock()
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
@@ -67,11 +70,25 @@ class ShardedPubSub:
             node = self._client.get_node_from_key(channel)
             if node is None:
                 raise ConnectionError(f"no master serves the slot of {channel!r}")
+            self._check_owner(channel, node)
             master = await self._master(node)
             await master.pubsub.ssubscribe(channel)
             self._channels[channel] = node.name
             if master.reader is None:
                 master.reader = asyncio.create_task(self._read(node.name, master))
+
+    def _check_owner(self, channel: str, node: ClusterNode) -> None:
+        """Raises (and ends the connection) if the channel's slot moved since this connection
+        first subscribed in it (a failover, a reshard) and its old master has not said so yet: a
+        dead master's connection is silent until its ping goes unanswered. The feed's watermark
+        of a partition moves when a SUBSCRIBE is confirmed, which covers only the channels read on
+        the same connection; the partition's other channels, still on the old master, may have
+        missed what the new one published meanwhile. A new connection catches them up."""
+        owner = self._owners.setdefault(self._client.keyslot(channel), node.name)
+        if owner != node.name:
+            error = ConnectionError(f"the slot of {channel!r} moved from {owner} to {node.name}")
+            self._queue.put_nowait(error)
+            raise error
 
     async def _master(self, node: ClusterNode) -> _Master:
         """The master's connection, connected before any channel is subscribed on it. redis-py's
