@@ -8,6 +8,7 @@ import json
 import random
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -68,6 +69,10 @@ class Published:
     """The acknowledged events, by their number (each event's data), with their channel."""
 
     channels: dict[int, str] = field(default_factory=dict)
+    # Each acknowledged event's id and when its acknowledgement came (time.time()), to tell what
+    # went wrong when a client missed one.
+    ids: dict[int, str] = field(default_factory=dict)
+    acknowledged_at: dict[int, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,7 +110,8 @@ def publish_through_the_api(
             while True:
                 client = clients[number % len(clients)]
                 try:
-                    status = client.post("/api/events/", json=body, headers=key).status_code
+                    response = client.post("/api/events/", json=body, headers=key)
+                    status = response.status_code
                 except httpx.HTTPError:
                     status = 0
                 if status not in (0, 503) or time.monotonic() > deadline:
@@ -114,6 +120,8 @@ def publish_through_the_api(
             with published.lock:
                 if status in (200, 201):
                     published.channels[number] = channel
+                    published.ids[number] = response.json()["id"]
+                    published.acknowledged_at[number] = time.time()
                 else:
                     published.failures.append(f"{number}: {status}")
     finally:
@@ -143,13 +151,13 @@ def publish_in_python(
         f"    deadline = time.monotonic() + {retry_for}\n"
         "    while True:\n"
         "        try:\n"
-        "            publish('n', number, topic=topic, key=f'python-{number}')\n"
+        "            event = publish('n', number, topic=topic, key=f'python-{number}')\n"
         "            break\n"
         "        except BrokerUnavailable:\n"
         "            if time.monotonic() > deadline:\n"
         "                raise\n"
         "            time.sleep(0.1)\n"
-        "    print(json.dumps([number, 'topic.' + topic]))\n"
+        "    print(json.dumps([number, 'topic.' + topic, event.id, time.time()]))\n"
     )
     result = live_project.manage(
         "shell",
@@ -163,8 +171,10 @@ def publish_in_python(
     with published.lock:
         for line in result.stdout.splitlines():
             if line.startswith("["):
-                number, channel = json.loads(line)
+                number, channel, event_id, acknowledged_at = json.loads(line)
                 published.channels[number] = channel
+                published.ids[number] = event_id
+                published.acknowledged_at[number] = acknowledged_at
 
 
 def channels_of(client: StreamClient, live_project: LiveProject, user: str) -> set[str]:
@@ -293,13 +303,52 @@ def wrong_deliveries(run: Run, live_project: LiveProject) -> list[tuple[object, 
     return wrong
 
 
+def what_went_wrong(run: Run, live_project: LiveProject, cluster: RedisClusterDeployment) -> str:
+    """For the first clients that missed events: each missed event (its id, when it was
+    acknowledged, whether its partition's history holds it) and the client's connections (when,
+    resuming from where in that partition, how they ended). Times in seconds since the run's first
+    acknowledgement."""
+    start = min(run.published.acknowledged_at.values(), default=0.0)
+    clock = time.time() - time.monotonic()  # connections are timed with time.monotonic()
+    lines: list[str] = []
+    for client, user in list(zip(run.clients, run.users, strict=True)):
+        wanted = expected(run.published, client, live_project, user)
+        missed = sorted(wanted - set(numbers_received(client)))
+        if not missed or client.resets or len(lines) > 40:
+            continue
+        lines.append(f"{user} {client.topics} missed:")
+        partitions = set()
+        for number in missed[:5]:
+            channel, event_id = run.published.channels[number], run.published.ids[number]
+            partition = zlib.crc32(channel.encode()) % PARTITIONS
+            partitions.add(partition)
+            key = "{" + f"{PREFIX}.{partition}" + "}:history"
+            held = bool(cluster.owner_of_key(key).client().xrange(key, event_id, event_id))
+            at = run.published.acknowledged_at.get(number, start) - start
+            lines.append(
+                f"  {number} on {channel} (partition {partition}): {event_id}, acknowledged at "
+                f"{at:.2f}, {'in' if held else 'NOT in'} history"
+            )
+        for connection in client.connections:
+            resumed = [
+                part
+                for part in (connection.last_event_id or "").split(".")
+                if part.partition("_")[0] in {str(p) for p in partitions}
+            ]
+            lines.append(
+                f"  connection at {connection.opened_at + clock - start:.2f} from {resumed}: "
+                f"{connection.events} events, ended {connection.ended!r}"
+            )
+    return "\n".join(lines)
+
+
 def test_every_event_reaches_exactly_its_streams_once_on_shard_channels(
     servers: list[Daphne], cluster: RedisClusterDeployment, live_project: LiveProject
 ) -> None:
     run = asyncio.run(stream_while_publishing(servers, cluster, live_project, range(800)))
     assert not run.published.failures, run.published.failures[:5]
     assert len(run.published.channels) == 800
-    assert wrong_deliveries(run, live_project) == []
+    assert wrong_deliveries(run, live_project) == [], what_went_wrong(run, live_project, cluster)
     assert run.settled
     assert not any(client.resets for client in run.clients)
     # A healthy cluster subscribes every stream: none is turned away for want of Redis.
@@ -387,7 +436,7 @@ def test_a_slot_migrated_while_events_flow_loses_nothing(
     assert slot in moved[0]
     assert cluster.owner_of_slot(slot).port == target.port
     assert not run.published.failures, run.published.failures[:5]
-    assert wrong_deliveries(run, live_project) == []
+    assert wrong_deliveries(run, live_project) == [], what_went_wrong(run, live_project, cluster)
     assert run.settled
     resets = sum(len(client.resets) for client in run.clients)
     print(
@@ -406,6 +455,7 @@ def test_a_master_killed_mid_run_fails_over_without_losing_what_was_acknowledged
     async def kill() -> None:
         await asyncio.sleep(1)
         killed = time.monotonic()
+        timings["killed at"] = time.time()
         cluster.kill_master(victim)
         assert await wait_for(lambda: cluster.failed_over(victim), within=30, blocking=True)
         timings["failed over"] = time.monotonic() - killed
@@ -416,7 +466,11 @@ def test_a_master_killed_mid_run_fails_over_without_losing_what_was_acknowledged
         )
     )
     assert not run.published.failures, run.published.failures[:5]
-    assert wrong_deliveries(run, live_project) == []
+    start = min(run.published.acknowledged_at.values())
+    assert wrong_deliveries(run, live_project) == [], (
+        f"{victim.port} killed at {timings['killed at'] - start:.2f}\n"
+        + what_went_wrong(run, live_project, cluster)
+    )
     assert run.settled
     resets = sum(len(client.resets) for client in run.clients)
     print(
