@@ -301,7 +301,8 @@ EVENTS_IDEMPOTENCY_SECONDS = env.int("EVENTS_IDEMPOTENCY_SECONDS", default=86400
 # With a Redis replica (Sentinel, a managed Redis with failover): a publish is acknowledged only
 # once this many replicas hold it (Redis's WAIT), within the timeout; otherwise it answers 503
 # "may or may not have been published". 0: acknowledged once the master stored it (a failover
-# then may lose the newest events, announced to clients by a reset). See docs/deployment.md.
+# then may lose the newest events: clients get a reset for those a server had received, and miss
+# the others). See docs/deployment.md.
 EVENTS_PUBLISH_REPLICAS = env.int("EVENTS_PUBLISH_REPLICAS", default=0)
 EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS = env.int(
     "EVENTS_PUBLISH_REPLICA_TIMEOUT_MILLISECONDS", default=1000

@@ -9,8 +9,8 @@ import re
 from ..exceptions import InvalidEvent
 
 BROADCAST = "broadcast"
-# The channel of the marker entry added to an empty history (of events, or of access changes):
-# no stream reads it.
+# The channel of the marker entries in history (added to an empty one, of events or of access
+# changes, and where events were lost): no stream reads it.
 RESET_MARKER = "reset-marker"
 # Where processes tell each other to recheck open streams (broker.base.AccessChange): every feed
 # listens to it; no stream does, and nothing on it is stored.

@@ -15,7 +15,8 @@ What keeps it delivering:
   every channel it subscribes to there, has been received. After a reconnect it replays from each
   partition's history what came after its watermark, then resumes live delivery without a
   duplicate; if a watermark is no longer in history, the clients of that partition get a
-  ``reset``.
+  ``reset``, and so does every client that resumes from before the loss (the feed marks it in
+  history: a client away when the events were lost may have missed them too).
 
 The feed also listens, for its whole life, to the control channel (``core/channels.CONTROL``),
 where processes ask each other to recheck the access of a user's open streams
@@ -249,7 +250,8 @@ class RedisFeed(Feed):
                     self._advance(partition, last_id)
             except HistoryGap:
                 logger.warning("Events after %s are gone from history; clients reset", watermark)
-                point = await self._history.reset_point(partition)
+                # In history, for the clients away meanwhile: they resume from before it.
+                point = await self._history.mark_loss(partition)
                 self._watermarks.pop(partition, None)
                 self._advance(partition, point)
                 self._sink.lost_events(partition, point)

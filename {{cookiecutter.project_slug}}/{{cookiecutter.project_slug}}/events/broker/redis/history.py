@@ -30,6 +30,21 @@ local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if newest[1] then return newest[1][1] end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'channel', ARGV[2])
 """
+# Added by a feed that finds events it had received gone from history (a failover to a replica
+# that had not received them, a restart without persistence), unless the newest entry is one
+# already (each process that notices adds none of its own). Its clients are reset; so is any
+# reader that resumes from before it, connected then or not: it may have missed what was lost.
+_LOSS_MARKER = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then
+  local fields = newest[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'lost' then return newest[1][1] end
+  end
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'channel', ARGV[2], 'lost', '1')
+"""
+_MARKER_CHANNEL = RESET_MARKER.encode()
 # A starting point older than any entry: reading after it always finds a gap.
 NO_ACCESS_CHANGE = "0-0"
 # Access changes are rare (a logout, a deleted token): this many cover any plausible time a
@@ -44,6 +59,7 @@ class RedisHistory:
             connection.partition_of(CONTROL), "access-changes"
         )
         self._newest_or_marker = connection.script(_NEWEST_OR_MARKER)
+        self._loss_marker = connection.script(_LOSS_MARKER)
 
     def key(self, partition: int) -> str:
         return self._connection.partition_key(partition, "history")
@@ -58,6 +74,8 @@ class RedisHistory:
         try:
             async with aclosing(self._connection.entries_after(key, event_id)) as pages:
                 async for entries in pages:
+                    if any(_is_loss_marker(fields) for _, fields in entries):
+                        raise HistoryGap(event_id or "")
                     # Built one at a time as the reader takes them: never a page of parsed events.
                     events = (self._event(entry, channels) for entry in entries)
                     yield entries[-1][0].decode(), (event for event in events if event is not None)
@@ -81,6 +99,16 @@ class RedisHistory:
         args: list[str | int] = [self._connection.history_length, RESET_MARKER]
         try:
             point = await self._connection.run(self._newest_or_marker, [self.key(partition)], args)
+        except REDIS_ERRORS as error:
+            raise BrokerUnavailable(f"Event history unavailable: {error}") from error
+        return str(point.decode())
+
+    async def mark_loss(self, partition: int) -> str:
+        """Marks in the partition's history that events after some of its readers' positions
+        are gone (see _LOSS_MARKER); returns the marker's id, where its readers resume from."""
+        args: list[str | int] = [self._connection.history_length, RESET_MARKER]
+        try:
+            point = await self._connection.run(self._loss_marker, [self.key(partition)], args)
         except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"Event history unavailable: {error}") from error
         return str(point.decode())
@@ -152,3 +180,7 @@ class RedisHistory:
         except ValueError as error:
             report_malformed("access change", entry_id, error)
             return None
+
+
+def _is_loss_marker(fields: dict[bytes, bytes]) -> bool:
+    return b"lost" in fields and fields.get(b"channel") == _MARKER_CHANNEL
